@@ -1,0 +1,207 @@
+"""Video and audio I/O through PyAV (its bundled FFmpeg; there is no ffmpeg program).
+
+- ``probe``: what a file holds (duration, fps, size, audio) or a TalkError saying why it is unusable.
+- ``read_video``: RGB uint8 frames resampled to a target fps (nearest source frame per output time).
+- ``read_audio``: mono float32 at a target rate (PyAV resampler), from a video's audio or any audio file.
+- ``write_video``: H.264 (+ AAC audio) mp4, written atomically.
+- ``write_wav``: 16-bit PCM wav, written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import wave
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from stages.errors import TalkError
+from stages.fs import atomic_path
+
+AUDIO_RATE = 16_000  # Hz: Whisper's rate, and the pipeline's
+VIDEO_FPS = 25  # frames/s of every processed clip
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaInfo:
+    path: Path
+    duration: float  # seconds (video stream if any, else audio)
+    fps: float  # 0 when there is no video stream
+    width: int
+    height: int
+    n_frames: int  # estimated from duration * fps when the container does not say
+    has_video: bool
+    has_audio: bool
+    audio_rate: int  # 0 when there is no audio stream
+    audio_channels: int
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise TalkError(f"file not found: {path}")
+    if path.stat().st_size == 0:
+        raise TalkError(f"{path}: empty file")
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise TalkError(f"{path}: not a readable media file ({type(e).__name__})") from None
+
+
+def probe(path: Path | str) -> MediaInfo:
+    """Read a file's header and first frames; TalkError when it holds no decodable stream."""
+    path = Path(path)
+    with _open(path) as c:
+        v = c.streams.video[0] if c.streams.video else None
+        a = c.streams.audio[0] if c.streams.audio else None
+        if v is None and a is None:
+            raise TalkError(f"{path}: no audio or video stream")
+        fps = float(v.average_rate or v.guessed_rate or 0) if v is not None else 0.0
+        duration = 0.0
+        s = v if v is not None else a
+        if s.duration is not None and s.time_base is not None:
+            duration = float(s.duration * s.time_base)
+        elif c.duration is not None:
+            duration = c.duration / av.time_base
+        n_frames = int(v.frames) if v is not None and v.frames else int(round(duration * fps))
+        if v is not None:  # make sure at least one frame decodes (catches truncated / corrupt data)
+            try:
+                next(c.decode(v))
+            except (StopIteration, av.FFmpegError):
+                raise TalkError(f"{path}: video stream has no decodable frame") from None
+        return MediaInfo(
+            path=path,
+            duration=duration,
+            fps=fps,
+            width=v.codec_context.width if v is not None else 0,
+            height=v.codec_context.height if v is not None else 0,
+            n_frames=n_frames,
+            has_video=v is not None,
+            has_audio=a is not None,
+            audio_rate=a.codec_context.sample_rate if a is not None else 0,
+            audio_channels=a.codec_context.channels if a is not None else 0,
+        )
+
+
+def iter_video(path: Path | str, fps: float | None = VIDEO_FPS) -> Iterator[np.ndarray]:
+    """Yield RGB frames (H, W, 3) uint8; with ``fps``, resampled by picking the source frame
+    shown at each output time ``k / fps`` (duplicates or drops frames, never blends)."""
+    path = Path(path)
+    with _open(path) as c:
+        if not c.streams.video:
+            raise TalkError(f"{path}: no video stream")
+        stream = c.streams.video[0]
+        tb = stream.time_base
+        start = stream.start_time or 0
+        src_dt = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / (fps or VIDEO_FPS)
+        k = 0  # next output frame index
+        prev, t = None, 0.0
+        try:
+            for frame in c.decode(stream):
+                if fps is None:
+                    yield frame.to_ndarray(format="rgb24")
+                    continue
+                t = float((frame.pts - start) * tb) if frame.pts is not None else t + src_dt
+                while prev is not None and k / fps < t - 1e-6:  # output times shown before this frame
+                    yield prev
+                    k += 1
+                prev = frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as e:
+            if prev is None:
+                raise TalkError(f"{path}: video does not decode ({type(e).__name__})") from None
+            # a truncated tail: keep what decoded
+        if prev is not None and fps is not None:  # the last frame is shown until t + src_dt
+            while k / fps < t + src_dt - 1e-6:
+                yield prev
+                k += 1
+
+
+def read_video(path: Path | str, fps: float | None = VIDEO_FPS) -> np.ndarray:
+    """All frames as (T, H, W, 3) uint8 (see ``iter_video``)."""
+    frames = list(iter_video(path, fps))
+    if not frames:
+        raise TalkError(f"{path}: no video frames")
+    return np.stack(frames)
+
+
+def read_audio(path: Path | str, rate: int = AUDIO_RATE) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] at ``rate`` Hz from any file with an audio stream."""
+    path = Path(path)
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise TalkError(f"{path}: no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = []
+        try:
+            for frame in c.decode(c.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as e:
+            if not chunks:
+                raise TalkError(f"{path}: audio does not decode ({type(e).__name__})") from None
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    if not chunks:
+        raise TalkError(f"{path}: audio stream is empty")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def write_wav(path: Path | str, samples: np.ndarray, rate: int = AUDIO_RATE) -> None:
+    """16-bit PCM mono wav, atomically."""
+    pcm = (np.clip(np.asarray(samples, np.float32), -1, 1) * 32767).astype("<i2")
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def write_video(
+    path: Path | str,
+    frames: Iterable[np.ndarray],
+    fps: int = VIDEO_FPS,
+    audio: np.ndarray | None = None,
+    audio_rate: int = AUDIO_RATE,
+    crf: int = 18,
+    preset: str = "veryfast",
+    pix_fmt: str = "yuv420p",
+) -> int:
+    """Encode RGB uint8 frames as H.264 mp4 (+ mono AAC audio), atomically. Returns frame count.
+
+    ``pix_fmt="yuv444p"`` keeps full colour resolution (for intermediate crops); players want
+    yuv420p. Frame sizes must be even for yuv420p.
+    """
+    n = 0
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp4") as c:
+            v = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            v.pix_fmt = pix_fmt
+            v.options = {"crf": str(crf), "preset": preset}
+            a = None
+            if audio is not None:
+                a = c.add_stream("aac", rate=audio_rate, layout="mono")
+            for img in frames:
+                img = np.ascontiguousarray(img, dtype=np.uint8)
+                if n == 0:
+                    v.height, v.width = img.shape[:2]
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                for packet in v.encode(frame):
+                    c.mux(packet)
+                n += 1
+            for packet in v.encode(None):
+                c.mux(packet)
+            if a is not None:
+                samples = np.clip(np.asarray(audio, np.float32), -1, 1).reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+                frame.sample_rate = audio_rate
+                frame.pts = 0
+                for packet in a.encode(frame):
+                    c.mux(packet)
+                for packet in a.encode(None):
+                    c.mux(packet)
+        if n == 0:
+            raise TalkError(f"{path}: no frames to write")
+    return n
