@@ -275,5 +275,19 @@ class Paths:
     cache: Path = Path("~/.cache/talk").expanduser()  # converted checkpoints built once per user
 
 
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """Architecture and data shapes shared by training, evaluation and rendering.
+
+    Saved with every checkpoint; sub-models add their own nested config fields here.
+    """
+
+    image_size: int = dataclasses.field(default=128, metadata=rng(16))  # px, side of the aligned square crop the models see
+    motion_frames: int = dataclasses.field(default=2, metadata=rng(0))  # M: previous frames given as motion context
+    target_frames: int = dataclasses.field(default=1, metadata=rng(1))  # F: frames denoised together (1 = frame backbone)
+    audio_window: int = dataclasses.field(default=10, metadata=rng(2))  # k: Whisper frames (50 Hz) centred on each video frame
+
+
 register("base", Base)
 register("paths", Paths)
+register("model", Model)
