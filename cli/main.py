@@ -5,7 +5,9 @@ from __future__ import annotations
 import cli  # noqa: F401  (sets HF_HUB_OFFLINE before anything hub-aware loads)
 import typer
 
+from cli.discover import discover
 from cli.doctor import doctor
+from cli.preprocess import preprocess
 
 app = typer.Typer(
     name="talk",
@@ -22,6 +24,8 @@ def _root() -> None:
 
 
 app.command("doctor")(doctor)
+app.command("discover")(discover)
+app.command("preprocess")(preprocess)
 
 
 def main() -> None:

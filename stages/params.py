@@ -91,7 +91,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise TalkError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         return tuple(value)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -291,3 +291,4 @@ class Model:
 register("base", Base)
 register("paths", Paths)
 register("model", Model)
+register("discover", "stages.discover")

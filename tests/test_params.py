@@ -81,3 +81,15 @@ def test_resolved_config_round_trips(root, tmp_path):
     out = params.write_resolved(tmp_path / "resolved.yaml")
     again = P.load(out)
     assert again.to_dict() == params.to_dict()
+
+
+def test_fixed_length_tuple_fields():
+    import dataclasses as dc
+
+    @dc.dataclass(frozen=True)
+    class C:
+        xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    assert P.parse(C, {"xyz": [1, 2.5, 3]}, "c").xyz == (1.0, 2.5, 3.0)
+    with pytest.raises(TalkError, match="expected 3 values"):
+        P.parse(C, {"xyz": [1, 2]}, "c")
