@@ -105,17 +105,20 @@ def iter_video(path: Path | str, fps: float | None = VIDEO_FPS) -> Iterator[np.n
                     yield frame.to_ndarray(format="rgb24")
                     continue
                 t = float((frame.pts - start) * tb) if frame.pts is not None else t + src_dt
-                while prev is not None and k / fps < t - 1e-6:  # output times shown before this frame
-                    yield prev
-                    k += 1
-                prev = frame.to_ndarray(format="rgb24")
+                if prev is not None and k / fps < t - 1e-6:  # output times shown before this frame
+                    rgb = prev.to_ndarray(format="rgb24")  # converted only when shown (drops cost nothing)
+                    while k / fps < t - 1e-6:
+                        yield rgb
+                        k += 1
+                prev = frame
         except av.FFmpegError as e:
             if prev is None:
                 raise TalkError(f"{path}: video does not decode ({type(e).__name__})") from None
             # a truncated tail: keep what decoded
         if prev is not None and fps is not None:  # the last frame is shown until t + src_dt
+            rgb = prev.to_ndarray(format="rgb24")
             while k / fps < t + src_dt - 1e-6:
-                yield prev
+                yield rgb
                 k += 1
 
 
@@ -133,17 +136,19 @@ def read_audio(path: Path | str, rate: int = AUDIO_RATE) -> np.ndarray:
     with _open(path) as c:
         if not c.streams.audio:
             raise TalkError(f"{path}: no audio stream")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        # planar float at the target rate, channels kept: the mono mix is their mean (FFmpeg's
+        # own downmix sums at 1/sqrt(2) and can clip loud stereo)
+        resampler = av.AudioResampler(format="fltp", rate=rate)
         chunks = []
         try:
             for frame in c.decode(c.streams.audio[0]):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
         except av.FFmpegError as e:
             if not chunks:
                 raise TalkError(f"{path}: audio does not decode ({type(e).__name__})") from None
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
+            chunks.append(out.to_ndarray().mean(axis=0))
     if not chunks:
         raise TalkError(f"{path}: audio stream is empty")
     return np.concatenate(chunks).astype(np.float32)
