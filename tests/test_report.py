@@ -1,0 +1,203 @@
+"""Stage `evaluate` end to end on tiny real-face fixtures (tests/eval_fixture.py), the files it
+writes, and its HTML report in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from eval_fixture import ceiling_renderer, face_image, make_crops, make_params
+
+from stages import evaluate
+from stages import params as P
+from stages.errors import TalkError
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    return make_crops(tmp_path_factory.mktemp("crops"))
+
+
+@pytest.fixture(scope="module")
+def ceiling_run(crops, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "evaluate"
+    prior = out.parent / "embeddings.png"
+    from PIL import Image
+
+    Image.fromarray(face_image("a")).save(prior)  # any PNG stands in for the prior's plot
+    params = make_params(crops, out, prior_plot=prior)
+    rows = evaluate.run(params, render_fn=ceiling_renderer(crops))
+    return out, rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_params_section_parses(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("evaluate:\n  max_clips: 3\n  syncnet: weights/syncnet_v2.model\n")
+    p = P.load(path)
+    assert p.evaluate.max_clips == 3 and p.evaluate.syncnet == Path("weights/syncnet_v2.model")
+    path.write_text("evaluate:\n  max_clip: 3\n")
+    with pytest.raises(TalkError, match="did you mean 'max_clips'"):
+        P.load(path)
+
+
+def test_optional_weights_listed_for_doctor(tmp_path):
+    cfg = evaluate.Config(syncnet=tmp_path / "absent.model", arcface="buffalo_l")
+    params = types.SimpleNamespace(paths=P.Paths(weights=tmp_path))
+    found = {c.name: c for c in cfg.pretrained(params)}
+    assert set(found) == {"SyncNet (Sync-C / Sync-D)", "ArcFace (CSIM)"}
+    assert all(not c.required and c.path is None and c.problem for c in found.values())
+    assert evaluate.Config().pretrained(params) == []
+
+
+def test_ceiling_as_model_scores_like_the_real_row(ceiling_run):
+    out, rows = ceiling_run
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) == {"model", "real", "floor"}
+    for key, value in saved["real"].items():
+        assert saved["model"][key] == pytest.approx(value, abs=1e-9), key
+    real, floor = saved["real"], saved["floor"]
+    assert real["psnr"] == 100.0 and real["ssim"] == pytest.approx(1.0)
+    assert real["fid_dlib128"] == pytest.approx(0.0, abs=1e-6) and real["m_lmd"] == 0.0
+    assert real["face_rate"] == 1.0
+    # the floor: a frozen mouth, the reference identity, imperfect pixels
+    assert floor["sync_corr"] == 0.0 and floor["mouth_open_std"] == 0.0
+    assert floor["csim_dlib128"] == pytest.approx(1.0, abs=1e-6)
+    assert floor["psnr"] < 40 and floor["ssim"] < 0.99 and floor["m_lmd"] > 0.5
+    assert floor["fid_dlib128"] > 0 and floor["fvd_dlib128"] > 0
+    # the fixture's mouth follows its audio; its expressions ramp in after a neutral first frame
+    assert real["sync_corr"] > 0.5 and abs(real["sync_offset"]) <= 1
+    assert floor["sync_offset"] is None  # a flat curve has no best offset
+    assert real["emo_acc_clf"] >= 5 / 6 and floor["emo_acc_clf"] <= 0.5
+    notes = json.loads((out / "notes.json").read_text())
+    assert not any("lip-sync" in f for f in notes["findings"])
+    assert notes["clips"] == 6 and notes["judge"]["clips"] == 6
+    assert any("Sync-C" in s for s in notes["skipped"])
+
+
+def test_output_files(ceiling_run):
+    out, rows = ceiling_run
+    table = pd.read_csv(out / "per_clip.csv")
+    assert len(table) == 18 and set(table.row) == {"model", "real", "floor"}
+    assert {"psnr", "ssim", "m_lmd", "f_lmd", "sync_corr", "csim_dlib128", "clf_pred", "fer_pred"} <= set(table.columns)
+    for judge in ("clf", "fer"):
+        for row in ("model", "real", "floor"):
+            cm = pd.read_csv(out / "plots" / f"confusion_{judge}_{row}.csv")
+            assert list(cm.columns) == ["actual", "predicted"] and len(cm) == 6
+    lag = pd.read_csv(out / "plots" / "sync_lag.csv")
+    assert list(lag.columns) == ["offset", "model", "real", "floor"] and len(lag) == 11
+    for png in ("confusion_clf", "confusion_fer", "sync_lag"):
+        assert (out / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "evaluate:" in (out / "params.yaml").read_text()
+    html = (out / "report.html").read_text()
+    for key in rows["model"]:
+        assert f'data-metric="{key}"' in html, key
+    assert html.count("data:image/") >= 6  # 2 confusion, lag, 2 strips, prior
+    assert "src=\"http" not in html and "<link" not in html  # self-contained
+
+
+def test_floor_as_model_is_flagged_and_neutral_reference(crops, tmp_path):
+    out = tmp_path / "evaluate"
+    seen = []
+
+    def floor(ref, audio, emotion, level):  # the floor baseline, recording what it was given
+        seen.append(ref.copy())
+        return evaluate.repeat_reference(ref, audio, emotion, level)
+
+    params = make_params(crops, out, reference="neutral", max_clips=3, judge_frames_per_clip=4)
+    rows = evaluate.run(params, render_fn=floor)
+    for key, value in rows["floor"].items():
+        assert rows["model"][key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+    notes = json.loads((out / "notes.json").read_text())
+    assert any("does not beat the floor" in f and "lip-sync" in f for f in notes["findings"])
+    assert any("Emo-Acc (classifier)" in f for f in notes["findings"])
+    assert "does not beat the floor" in (out / "report.html").read_text()
+    # reference: neutral -> every clip (the three picked are EVALA's) starts from EVALA's neutral clip
+    assert notes["reference"] == "neutral" and notes["reference_fallbacks"] == 0 and len(seen) == 3
+    neutral_a = evaluate.media.read_video(crops / "EVALA_neutral_1_test" / "frames.mp4")[0]
+    assert all(np.array_equal(r, neutral_a) for r in seen)
+
+
+def test_neutral_reference_lookup(crops):
+    df = evaluate.read_manifest(evaluate.Config(crops=crops))
+    cfg = evaluate.Config(crops=crops, reference="neutral")
+    neutral = evaluate.neutral_clips(df, "test")
+    assert {k: v.clip_id for k, v in neutral.items()} == {"EVALA": "EVALA_neutral_1_test", "EVALB": "EVALB_neutral_1_test"}
+    happy = next(r for r in df.itertuples() if r.clip_id == "EVALB_happy_1_test")
+    clip, fell_back = evaluate.load_clip(cfg, happy, 0, neutral)
+    first_neutral = evaluate.media.read_video(crops / "EVALB_neutral_1_test" / "frames.mp4")[0]
+    assert not fell_back and np.array_equal(clip.ref, first_neutral) and not np.array_equal(clip.ref, clip.frames[0])
+    clip, fell_back = evaluate.load_clip(cfg, happy, 0, {})  # no neutral clip: its own first frame
+    assert fell_back and np.array_equal(clip.ref, clip.frames[0])
+
+
+def test_errors_leave_no_output(crops, tmp_path):
+    out = tmp_path / "evaluate"
+    with pytest.raises(TalkError, match="render pipeline not available: run `talk train`"):
+        evaluate.run(make_params(crops, out))
+    with pytest.raises(TalkError, match="crop manifest not found"):
+        evaluate.run(make_params(tmp_path / "nowhere", out), render_fn=evaluate.repeat_reference)
+
+    def broken(ref, audio, emotion, level):  # a renderer bug: far too few frames
+        return np.repeat(ref[None], 3, 0)
+
+    with pytest.raises(ValueError, match="rendered 3 frames"):
+        evaluate.run(make_params(crops, out, max_clips=1, judge_frames_per_clip=2), render_fn=broken)
+    assert not out.exists() and not any(p.name.startswith(".evaluate") for p in tmp_path.iterdir())
+
+
+def test_select_spreads_over_speakers_and_emotions():
+    df = pd.DataFrame({
+        "clip_id": [f"c{i}" for i in range(8)],
+        "speaker": ["A", "A", "A", "A", "B", "B", "B", "B"],
+        "emotion": ["happy", "happy", "sad", "", "happy", "sad", "sad", "sad"],
+        "level": [1, 2, 1, 0, 1, 1, 2, 3],
+        "split": ["test"] * 7 + ["train"],
+    })
+    picked = evaluate.select(df, "test", 4)
+    assert sorted(zip(picked.speaker, picked.emotion)) == [("A", "happy"), ("A", "sad"), ("B", "happy"), ("B", "sad")]
+    assert len(evaluate.select(df, "test", 0)) == 6  # unlabelled clips are never scored
+
+
+def test_conform_resizes_and_pads():
+    real = np.zeros((10, 32, 32, 3), np.uint8)
+    out = evaluate.conform(np.zeros((9, 64, 64, 3), np.uint8), real, "t")
+    assert out.shape == real.shape
+    with pytest.raises(ValueError, match="uint8"):
+        evaluate.conform(np.zeros((10, 32, 32, 3), np.float32), real, "t")
+
+
+# --------------------------------------------------------------------------------------------
+# The report in a real browser (Debian's chromium: apt-get install -y chromium)
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install -y chromium)")
+def test_report_in_headless_browser(ceiling_run, tmp_path):
+    out, rows = ceiling_run
+    url = (out / "report.html").resolve().as_uri()
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-images-ok="true"' in dom.stdout, dom.stdout[:500]
+    count = int(dom.stdout.split('data-image-count="')[1].split('"')[0])
+    assert count >= 6
+    for key in rows["model"]:
+        assert f'data-metric="{key}"' in dom.stdout, key
+    shot = tmp_path / "report.png"
+    res = _chromium(tmp_path, "--window-size=1280,2400", f"--screenshot={shot}", "--hide-scrollbars", url)
+    assert res.returncode == 0 and shot.stat().st_size > 20_000
