@@ -1,0 +1,678 @@
+"""Stage `pretrain_prior`: the emotion / style prior and the Emotion Bank, before diffusion training.
+
+DICE-Talk §3.1-3.2 and SVP §3.2 train the prior first, then the denoiser. This stage trains one
+probabilistic cross-modal embedder per head (``model.prior.heads``: emotion with cross-speaker
+same-emotion positives, style with same-clip / same-speaker positives; models/prior.py) on random
+windows of the train split with modality dropout, early-stops on the val split, and pretrains the
+Emotion Bank (models/emotion_bank.py) by vector quantisation on sampled emotion embeddings.
+
+Writes into ``pretrain_prior.out``:
+- ``config.json`` + ``model.safetensors``: the architecture and every weight (rebuilt by ``load_prior``);
+- ``presets.safetensors``: one Gaussian per emotion and per (emotion, level) — moment-matched
+  mixtures of the train clips' Gaussians — and (style head) one per train speaker;
+- ``clip_embeddings.npz``: mu / logvar of every clip in the manifest (all splits, both modalities);
+- ``metrics.json``: linear-probe emotion accuracy on unseen speakers (audio / video / both),
+  identity leakage (speaker probe on seen speakers vs chance), codebook usage;
+- ``embeddings.png`` (PCA of the test embeddings by emotion and by speaker), ``curves.tsv``.
+
+``talk pretrain-prior --import-presets FILE.npy --trust-pickle`` converts DICE-Talk's released
+(pickled) presets instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.emotions import EMOTIONS
+from models.prior_config import EmotionBankConfig, PriorConfig
+from stages import runtime
+from stages.errors import TalkError
+from stages.fs import atomic_dir, atomic_path
+from stages.params import one_of, parse, rng, to_plain
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.prior import PriorModel
+    from stages.clip_dataset import ClipSet
+
+FORMAT = "talk-prior"
+VERSION = 1
+PRESETS_FORMAT = "talk-presets"
+FILES = ("config.json", "model.safetensors", "presets.safetensors", "clip_embeddings.npz", "metrics.json",
+         "embeddings.png", "curves.tsv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    crops: Path = Path("data/crops")  # input: crop_align's folder (manifest.csv, <clip>/landmarks.npy)
+    audio_features: Path = Path("data/audio_features")  # input: <clip_id>.npy Whisper features (2T, L, D)
+    out: Path = Path("artifacts/prior")  # output folder
+    template: str = dataclasses.field(default="neutral", metadata=one_of("neutral", "all"))  # per-speaker landmark reference: mean of their neutral clips, or of all their clips
+    template_dropout: float = dataclasses.field(default=0.2, metadata=rng(0.0, 1.0))  # P(a training window uses the population template), as `talk embed` does for unknown faces
+    window: float = dataclasses.field(default=2.0, metadata=rng(0.2))  # s, training window cut at random from a clip
+    batch_clips: int = dataclasses.field(default=16, metadata=rng(2))  # clips per step (two windows each)
+    steps: int = dataclasses.field(default=300, metadata=rng(1))  # maximum optimisation steps
+    lr: float = dataclasses.field(default=1e-3, metadata=rng(0.0))  # AdamW learning rate
+    weight_decay: float = dataclasses.field(default=1e-2, metadata=rng(0.0))  # AdamW weight decay
+    samples: int = dataclasses.field(default=4, metadata=rng(1))  # K reparameterised samples per embedding (K x K pairs)
+    kl_weight: float = dataclasses.field(default=1e-3, metadata=rng(0.0))  # weight of KL(N(mu, sigma) || N(0, I))
+    level_target: float = dataclasses.field(default=0.8, metadata=rng(0.0, 1.0))  # match target of one emotion at two intensity levels
+    modality_dropout: float = dataclasses.field(default=0.3, metadata=rng(0.0, 0.5))  # P(window is audio-only); the same P for video-only
+    style_positive: str = dataclasses.field(default="clip", metadata=one_of("clip", "speaker"))  # style head positives: two windows of one clip, or of one speaker
+    vq_weight: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the bank's VQ loss
+    recon_weight: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the bank tokens' reconstruction of z
+    restart_every: int = dataclasses.field(default=50, metadata=rng(0))  # steps between dead-code restarts (0: never)
+    eval_every: int = dataclasses.field(default=25, metadata=rng(1))  # steps between validation losses
+    patience: int = dataclasses.field(default=4, metadata=rng(1))  # validations without improvement before stopping
+    probe_l2: float = dataclasses.field(default=1e-2, metadata=rng(0.0))  # L2 weight of the linear probes (standardised inputs)
+    eval_batch: int = dataclasses.field(default=32, metadata=rng(1))  # clips per batch when embedding whole clips
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+
+
+def mixture_gaussian(mu: np.ndarray, logvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Moment-matched single Gaussian of an equal-weight mixture: (n, E) x 2 -> (E,) x 2."""
+    mean = mu.mean(0)
+    var = np.exp(logvar).mean(0) + mu.var(0)
+    return mean.astype(np.float32), np.log(np.maximum(var, 1e-12)).astype(np.float32)
+
+
+def save_presets(path: Path, presets: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
+    """``name -> (mean, logvar)`` as safetensors ``<name>/mean``, ``<name>/logvar``, atomically.
+
+    Names: ``emotion/<emotion>``, ``emotion/<emotion>/<level>``, ``style/<speaker>``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (mean, logvar) in presets.items():
+        tensors[f"{name}/mean"] = torch.as_tensor(np.asarray(mean, np.float32)).contiguous()
+        tensors[f"{name}/logvar"] = torch.as_tensor(np.asarray(logvar, np.float32)).contiguous()
+    dims = {t.shape[-1] for t in tensors.values()}
+    meta = {"format": PRESETS_FORMAT, "version": str(VERSION), "source": source, "emb_dim": str(dims.pop() if len(dims) == 1 else 0)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_presets(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Read ``save_presets``' file: ``name -> (mean, logvar)``, each (E,)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TalkError(f"presets not found: {path}")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("format") != PRESETS_FORMAT:
+            raise TalkError(f"{path}: not a talk presets file")
+        for key in f.keys():
+            name, _, part = key.rpartition("/")
+            out.setdefault(name, {})[part] = f.get_tensor(key)
+    return {n: (d["mean"], d["logvar"]) for n, d in out.items()}
+
+
+def import_dice_presets(src: Path, dst: Path, trust_pickle: bool, logvar: float = math.log(1e-4)) -> Path:
+    """DICE-Talk's released presets (one 256-d mean per emotion) -> our presets file.
+
+    The release stores them with ``np.save`` of a dict / object array, i.e. a pickle: loading it
+    runs whatever code the file carries. We refuse unless ``trust_pickle``. Accepted layouts: a
+    dict ``{emotion: (E,) or (n, E)}``, an (8, E) array in MEAD's emotion order, or one (E,) mean
+    in a file named ``<emotion>.npy``. The released means are points: ``logvar`` is the constant
+    log-variance given to each. (They live in DICE-Talk's embedding space: use them with
+    DICE-Talk's weights, not with a prior trained here.)
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise TalkError(f"presets file not found: {src}")
+    try:
+        data = np.load(src, allow_pickle=False)
+    except ValueError:
+        if not trust_pickle:
+            raise TalkError(
+                f"{src} is a pickled .npy: loading it executes code stored in the file. Pass "
+                f"--trust-pickle only if you trust where it came from (e.g. DICE-Talk's release)"
+            ) from None
+        data = np.load(src, allow_pickle=True)  # the user vouched for this file
+    except OSError as e:
+        raise TalkError(f"{src}: not a .npy file ({e})") from None
+    if isinstance(data, np.ndarray) and data.dtype == object and data.shape == ():
+        data = data.item()
+    table: dict[str, np.ndarray] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            name = str(k).lower()
+            name = {"disgust": "disgusted", "surprise": "surprised", "fearful": "fear"}.get(name, name)
+            if name not in EMOTIONS:
+                raise TalkError(f"{src}: unknown emotion key {k!r} (known: {', '.join(EMOTIONS)})")
+            table[name] = np.asarray(v, np.float32)
+    elif isinstance(data, np.ndarray) and data.ndim == 2 and len(data) == len(EMOTIONS):
+        table = {e: np.asarray(data[i], np.float32) for i, e in enumerate(EMOTIONS)}
+    elif isinstance(data, np.ndarray) and data.ndim == 1 and src.stem.lower() in EMOTIONS:
+        table = {src.stem.lower(): np.asarray(data, np.float32)}
+    else:
+        raise TalkError(f"{src}: expected a dict of emotion -> mean, an ({len(EMOTIONS)}, E) array, "
+                        f"or one mean in <emotion>.npy; got {type(data).__name__} {getattr(data, 'shape', '')}")
+    presets = {}
+    for name, v in table.items():
+        v = v.reshape(-1, v.shape[-1]) if v.ndim > 1 else v[None]
+        if not np.isfinite(v).all():
+            raise TalkError(f"{src}: non-finite values in the {name} preset")
+        mean = v.mean(0)
+        presets[f"emotion/{name}"] = (mean, np.full_like(mean, logvar))
+    save_presets(Path(dst), presets, source=f"DICE-Talk release {src.name}")
+    runtime.console.print(f"imported {len(presets)} preset(s) from {src} -> {dst}")
+    return Path(dst)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a trained prior
+
+
+@dataclasses.dataclass
+class PriorBundle:
+    """A trained prior: the modules (eval mode), presets and the config they were built from."""
+
+    model: PriorModel
+    presets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    config: dict
+    path: Path
+
+    @property
+    def embedders(self) -> dict:
+        return dict(self.model.embedders.items())
+
+    @property
+    def bank(self):
+        return self.model.bank
+
+    @property
+    def template(self) -> torch.Tensor:
+        """(68, 2) population landmark template (IOD units)."""
+        return self.model.landmark_template
+
+    def preset(self, emotion: str, level: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mean, logvar) of an emotion (and intensity level) preset."""
+        if emotion not in EMOTIONS:
+            raise TalkError(f"unknown emotion '{emotion}' (known: {', '.join(EMOTIONS)})")
+        key = f"emotion/{emotion}" + (f"/{level}" if level else "")
+        if key not in self.presets:
+            have = sorted(k.split("/", 1)[1] for k in self.presets if k.startswith("emotion/"))
+            raise TalkError(f"no preset for {emotion}" + (f" level {level}" if level else "")
+                            + f" in {self.path} (have: {', '.join(have) or 'none'})")
+        return self.presets[key]
+
+
+def build_model(config: dict) -> PriorModel:
+    """Rebuild the modules from a saved config.json (never from the code's defaults)."""
+    from models.prior import PriorModel
+
+    prior = parse(PriorConfig, config["prior"], "config.json prior")
+    bank = parse(EmotionBankConfig, config["bank"], "config.json bank")
+    return PriorModel(prior, bank)
+
+
+def load_prior(path: Path | str, device: str | torch.device = "cpu") -> PriorBundle:
+    """Load a prior written by this stage (config.json + model.safetensors + presets.safetensors)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise TalkError(f"{f} not found: run talk pretrain-prior first (or point to a prior folder)")
+    config = json.loads(cfg_file.read_text())
+    if config.get("format") != FORMAT:
+        raise TalkError(f"{cfg_file}: not a talk prior (format {config.get('format')!r})")
+    if config.get("version", 0) > VERSION:
+        raise TalkError(f"{cfg_file}: format version {config['version']} is newer than this code ({VERSION})")
+    model = build_model(config)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise TalkError(f"{weights}: not a readable safetensors file ({type(e).__name__})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise TalkError(f"{weights} does not match {cfg_file} ({str(e).splitlines()[0]})") from None
+    model.to(device).eval()
+    presets = load_presets(path / "presets.safetensors") if (path / "presets.safetensors").is_file() else {}
+    return PriorBundle(model=model, presets=presets, config=config, path=path)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _to(batch: dict[str, np.ndarray], device) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
+
+def _modality_dropout(batch: dict, p: float, gen: np.random.Generator) -> dict:
+    """Per window: audio-only with probability p, video-only with probability p (never neither)."""
+    r = gen.random(len(batch["audio_mask"]))
+    batch["audio_mask"][r < p] = False
+    batch["visual_mask"][(r >= p) & (r < 2 * p)] = False
+    return batch
+
+
+@dataclasses.dataclass
+class _Ids:
+    emotion: torch.Tensor
+    level: torch.Tensor
+    speaker: torch.Tensor
+    clip: torch.Tensor
+
+
+def _ids(data: ClipSet, indices: list[int], device) -> _Ids:
+    import torch
+
+    clips = [data.clips[i] for i in indices]
+    t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+    return _Ids(t([c.emotion for c in clips]), t([c.level for c in clips]),
+                t([data.speaker_index[c.speaker] for c in clips]), t(list(indices)))
+
+
+def _head_loss(model: PriorModel, head: str, mu, logvar, ids: _Ids, cfg: Config, generator, cross_speaker: bool = True):
+    from models.prior import emotion_pairs, style_pairs
+
+    if head == "emotion":
+        target, weight = emotion_pairs(ids.emotion, ids.level, ids.speaker, ids.clip, cfg.level_target, cross_speaker)
+    else:
+        target, weight = style_pairs(ids.speaker, ids.clip, cfg.style_positive)
+    return model.losses[head](mu, logvar, target, weight, cfg.samples, generator)
+
+
+def _val_loss(model: PriorModel, data: ClipSet, val: list[int], cfg: Config, n_frames: int, seed: int, device) -> float:
+    """Contrastive loss (no KL) on the first and the last window of every val clip (two views, as in
+    training), both modalities, fixed samples: deterministic."""
+    import torch
+
+    if len(val) < 2:
+        return float("nan")
+    idx = val + val
+    starts = [0] * len(val) + [max(0, data.clips[i].n_frames - n_frames) for i in val]
+    batch = _to(data.batch(idx, starts, n_frames), device)
+    ids = _ids(data, idx, device)
+    # cross-speaker positives need two val speakers sharing an emotion; else allow same-speaker pairs
+    same_emo = (ids.emotion[:, None] == ids.emotion[None]) & (ids.emotion[:, None] >= 0)
+    cross = bool((same_emo & (ids.speaker[:, None] != ids.speaker[None])).any())
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+        total = sum(_head_loss(model, h, *out[h], ids, cfg, gen, cross) for h in model.heads)
+    model.train()
+    return float(total)
+
+
+def train(model: PriorModel, data: ClipSet, cfg: Config, seed: int, device) -> dict:
+    """Optimise ``model`` in place; returns a summary (steps, best step, curves). DICE-Talk §3.1-3.2."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.prior import kl_standard_normal, sample_gaussian
+
+    heads = model.heads
+    pool = data.indices("train") if "style" in heads else data.indices("train", labelled=True)
+    val = data.indices("val") if "style" in heads else data.indices("val", labelled=True)
+    n_frames = max(1, round(cfg.window * 25))
+    gen = np.random.default_rng(seed)
+    tgen = torch.Generator(device=device).manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))  # short warm-up
+    B = min(cfg.batch_clips, len(pool))
+    order, pos = gen.permutation(pool), 0
+    best = {"loss": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
+    curves, waited, restarts = [], 0, 0
+    t0 = time.perf_counter()
+    model.train()
+    with runtime.progress() as bar:
+        task = bar.add_task("pretrain prior", total=cfg.steps)
+        step = 0
+        for step in range(1, cfg.steps + 1):
+            if pos + B > len(order):
+                order, pos = gen.permutation(pool), 0
+            clips = [int(i) for i in order[pos: pos + B]]
+            pos += B
+            idx = clips + clips  # two windows per clip
+            starts = [int(gen.integers(0, max(1, data.clips[i].n_frames - n_frames + 1))) for i in idx]
+            pop = list(gen.random(len(idx)) < cfg.template_dropout)
+            batch = _to(_modality_dropout(data.batch(idx, starts, n_frames, pop), cfg.modality_dropout, gen), device)
+            ids = _ids(data, idx, device)
+            out = model(**batch)
+            logs = {"step": step}
+            loss = 0.0
+            for h in heads:
+                mu, logvar = out[h]
+                lh = _head_loss(model, h, mu, logvar, ids, cfg, tgen) + cfg.kl_weight * kl_standard_normal(mu, logvar)
+                loss = loss + lh
+                logs[f"loss_{h}"] = lh.item()
+            mu, logvar = out[model.bank_head]
+            z = sample_gaussian(mu.detach(), logvar.detach(), 1, tgen)[0]  # (B, E): what the denoiser will see
+            bank_out = model.bank(z)
+            recon = F.mse_loss(model.bank.reconstruct(bank_out.tokens), z)
+            loss = loss + cfg.vq_weight * bank_out.vq_loss + cfg.recon_weight * recon
+            logs.update(vq=bank_out.vq_loss.item(), recon=recon.item(), perplexity=bank_out.perplexity.item())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            if cfg.restart_every and step % cfg.restart_every == 0:
+                restarts += model.bank.restart_dead_codes(bank_out.queries.detach().reshape(-1, model.bank_cfg.code_dim), tgen)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                v = _val_loss(model, data, val, cfg, n_frames, seed, device)
+                logs["val_loss"] = v
+                if math.isnan(v) or v < best["loss"] - 1e-4:
+                    best = {"loss": v if not math.isnan(v) else math.inf, "step": step,
+                            "state": copy.deepcopy(model.state_dict())}
+                    waited = 0
+                else:
+                    waited += 1
+            curves.append(logs)
+            bar.update(task, advance=1, description=f"pretrain prior (loss {loss.item():.3f})")
+            if waited >= cfg.patience:
+                break
+    model.load_state_dict(best["state"])
+    model.eval()
+    return {"steps": step, "best_step": best["step"], "best_val_loss": best["loss"] if best["loss"] < math.inf else None,
+            "seconds": time.perf_counter() - t0, "dead_code_restarts": restarts, "curves": curves,
+            "train_clips": len(pool), "val_clips": len(val)}
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding whole clips, probes, plots
+
+
+def embed_clips(model: PriorModel, data: ClipSet, indices: list[int], mode: str, batch: int, device) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every head's (mu, logvar) of whole clips: mode ``both`` | ``audio`` | ``video``."""
+    import torch
+
+    order = sorted(indices, key=lambda i: data.clips[i].n_frames)  # similar lengths share a batch
+    res = {h: ({}, {}) for h in model.heads}
+    with torch.no_grad():
+        for k in range(0, len(order), batch):
+            part = order[k: k + batch]
+            b = _to(data.batch(part), device)
+            kw = {"audio": b["audio"], "audio_mask": b["audio_mask"]} if mode in ("both", "audio") else {}
+            if mode in ("both", "video"):
+                kw.update(visual=b["visual"], visual_mask=b["visual_mask"])
+            out = model(**kw)
+            for h, (mu, lv) in out.items():
+                for j, i in enumerate(part):
+                    res[h][0][i], res[h][1][i] = mu[j].cpu().numpy(), lv[j].cpu().numpy()
+    return {h: (np.stack([m[i] for i in indices]), np.stack([v[i] for i in indices])) for h, (m, v) in res.items()}
+
+
+def linear_probe(x_tr: np.ndarray, y_tr: np.ndarray, x_ev: np.ndarray, y_ev: np.ndarray, l2: float) -> float:
+    """Accuracy of a multinomial logistic regression (standardised inputs, L2, LBFGS) on the eval set."""
+    import torch
+
+    if len(x_ev) == 0 or len(np.unique(y_tr)) < 2:
+        return float("nan")
+    classes = np.unique(y_tr)
+    y = torch.as_tensor(np.searchsorted(classes, y_tr))
+    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
+    xt = torch.as_tensor((x_tr - mean) / std, dtype=torch.float32)
+    xe = torch.as_tensor((x_ev - mean) / std, dtype=torch.float32)
+    W = torch.zeros(xt.shape[1], len(classes), requires_grad=True)
+    b = torch.zeros(len(classes), requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ W + b, y) + l2 * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = classes[(xe @ W + b).argmax(1).numpy()]
+    return float((pred == y_ev).mean())
+
+
+def _chance(y: np.ndarray) -> float:
+    """Majority-class rate of the evaluation labels."""
+    return float(np.unique(y, return_counts=True)[1].max() / len(y)) if len(y) else float("nan")
+
+
+def _round(v):
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 4)
+    if isinstance(v, dict):
+        return {k: _round(x) for k, x in v.items()}
+    return v
+
+
+def evaluate(model: PriorModel, data: ClipSet, emb: dict, cfg: Config, seed: int) -> dict:
+    """Probe metrics (DICE-Talk §3.1 disentanglement): ``emb[mode][head] = (mu, logvar)`` over all clips."""
+    import torch
+
+    clips = data.clips
+    train_spk = {c.speaker for c in clips if c.split == "train"}
+    emo = np.array([c.emotion for c in clips])
+    spk = np.array([data.speaker_index[c.speaker] for c in clips])
+    tr = [i for i, c in enumerate(clips) if c.split == "train" and c.emotion >= 0]
+    held = [i for i, c in enumerate(clips) if c.split != "train" and c.emotion >= 0]
+    unseen = [i for i in held if clips[i].speaker not in train_spk]
+    ev = unseen or held
+    metrics: dict = {"emotion_probe": {}, "identity": {}, "codebook": {}, "sigma": {}}
+    ep = metrics["emotion_probe"]
+    head = "emotion" if "emotion" in model.heads else model.heads[0]
+    for mode in ("both", "audio", "video"):
+        mu = emb[mode][head][0]
+        ep[mode] = linear_probe(mu[tr], emo[tr], mu[ev], emo[ev], cfg.probe_l2)
+        metrics["sigma"][mode] = float(np.exp(0.5 * emb[mode][head][1]).mean())  # mean posterior std
+    # a baseline on raw inputs: mean + std of the expression offsets over the clip
+    raw = np.stack([np.concatenate([x[v].mean(0), x[v].std(0)]) if v.any() else np.zeros(272)
+                    for x, v in (data.expression(i) for i in range(len(clips)))])
+    ep["landmark_baseline"] = linear_probe(raw[tr], emo[tr], raw[ev], emo[ev], cfg.probe_l2)
+    ep["chance"] = _chance(emo[ev])
+    ep["n_train"], ep["n_eval"] = len(tr), len(ev)
+    ep["unseen_speakers"] = bool(unseen)
+    ep["eval_speakers"] = sorted({clips[i].speaker for i in ev})
+
+    # identity leakage: a speaker probe on held-out clips of speakers seen in training
+    gen = np.random.default_rng(seed)
+    p_tr, p_ev = [], []
+    for s in sorted(train_spk):
+        own = [i for i, c in enumerate(clips) if c.speaker == s and c.split == "train"]
+        own = [own[j] for j in gen.permutation(len(own))]
+        half = (len(own) + 1) // 2
+        p_tr += own[:half]
+        p_ev += own[half:] + [i for i, c in enumerate(clips) if c.speaker == s and c.split != "train"]
+    idm = metrics["identity"]
+    for h in model.heads:
+        mu = emb["both"][h][0]
+        idm[f"{h}_head"] = linear_probe(mu[p_tr], spk[p_tr], mu[p_ev], spk[p_ev], cfg.probe_l2)
+    idm["chance"] = _chance(spk[p_ev])
+    idm["n_speakers"] = len(train_spk)
+    idm["n_eval"] = len(p_ev)
+
+    # codebook usage over the emotion embeddings of every clip
+    with torch.no_grad():
+        z = torch.as_tensor(emb["both"][model.bank_head][0])
+        out = model.bank(z.to(next(model.parameters()).device))
+    used = torch.bincount(out.indices.reshape(-1).cpu(), minlength=model.bank_cfg.n_codes)
+    cb = metrics["codebook"]
+    cb["perplexity"] = float(out.perplexity)
+    cb["n_codes"] = model.bank_cfg.n_codes
+    cb["used_codes"] = int((used > 0).sum())
+    cb["dead_codes"] = int((used == 0).sum())
+    return _round(metrics)
+
+
+def plot_embeddings(path: Path, mu: dict[str, np.ndarray], emotions: list[str], speakers: list[str], title: str) -> None:
+    """PCA (torch.pca_lowrank) of embeddings, one row per head: coloured by emotion | by speaker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    heads = list(mu)
+    fig, axes = plt.subplots(len(heads), 2, figsize=(11, 4.8 * len(heads)), squeeze=False)
+    for r, h in enumerate(heads):
+        x = torch.as_tensor(mu[h], dtype=torch.float32)
+        q = min(2, x.shape[0], x.shape[1])
+        _, _, V = torch.pca_lowrank(x, q=q, center=True)
+        xy = ((x - x.mean(0)) @ V[:, :q]).numpy()
+        xy = np.pad(xy, ((0, 0), (0, 2 - q)))
+        for c, labels in enumerate((emotions, speakers)):
+            ax = axes[r, c]
+            names = sorted(set(labels), key=lambda n: (EMOTIONS.index(n) if n in EMOTIONS else 99, n))
+            cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+            for k, n in enumerate(names):
+                sel = np.array([lab == n for lab in labels])
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=cmap(k % cmap.N), label=n)
+            ax.set_title(f"{h} head, by {'emotion' if c == 0 else 'speaker'}")
+            ax.set_xlabel("PC 1")
+            ax.set_ylabel("PC 2")
+            ax.legend(fontsize=7, markerscale=0.8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def _presets(data: ClipSet, emb: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Emotion and (emotion, level) presets from the train clips; per-speaker style presets."""
+    out = {}
+    clips = data.clips
+    tr = [i for i, c in enumerate(clips) if c.split == "train"]
+    if "emotion" in emb:
+        mu, lv = emb["emotion"]
+        for e, name in enumerate(EMOTIONS):
+            sel = [i for i in tr if clips[i].emotion == e]
+            if sel:
+                out[f"emotion/{name}"] = mixture_gaussian(mu[sel], lv[sel])
+            for level in sorted({clips[i].level for i in sel}):
+                lsel = [i for i in sel if clips[i].level == level]
+                out[f"emotion/{name}/{level}"] = mixture_gaussian(mu[lsel], lv[lsel])
+    if "style" in emb:
+        mu, lv = emb["style"]
+        for s in sorted({clips[i].speaker for i in tr}):
+            sel = [i for i in tr if clips[i].speaker == s]
+            out[f"style/{s}"] = mixture_gaussian(mu[sel], lv[sel])
+    return out
+
+
+def _summary(metrics: dict, summary: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title="pretrain_prior")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    ep, idm, cb = metrics["emotion_probe"], metrics["identity"], metrics["codebook"]
+    for mode in ("both", "audio", "video", "landmark_baseline", "chance"):
+        t.add_row(f"emotion probe acc ({mode})", str(ep[mode]))
+    for k, v in idm.items():
+        t.add_row(f"speaker probe ({k})", str(v))
+    t.add_row("codebook perplexity / used / codes", f"{cb['perplexity']} / {cb['used_codes']} / {cb['n_codes']}")
+    t.add_row("steps (best)", f"{summary['steps']} ({summary['best_step']})")
+    t.add_row("train seconds", f"{summary['seconds']:.1f}")
+    runtime.console.print(t)
+
+
+def run(params, import_presets: Path | None = None, trust_pickle: bool = False, presets_out: Path | None = None) -> Path:
+    """Train the prior and the bank on ``pretrain_prior.crops`` / ``audio_features``; write ``out``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from models.prior import PriorModel
+    from stages.clip_dataset import ClipSet
+
+    cfg: Config = params.pretrain_prior
+    if import_presets is not None:
+        return import_dice_presets(import_presets, presets_out or cfg.out.with_name(cfg.out.name + "_imported") / "presets.safetensors", trust_pickle)
+    prior: PriorConfig = params.model.prior
+    bank: EmotionBankConfig = params.model.bank
+    if bank.emb_dim != prior.emb_dim:
+        raise TalkError(f"model.bank.emb_dim={bank.emb_dim} must equal model.prior.emb_dim={prior.emb_dim}")
+    device = runtime.device(params.base.device)
+    seed = params.base.seed
+
+    data = ClipSet.load(cfg.crops, cfg.audio_features, prior.audio_layers, prior.audio_dim, cfg.template)
+    labelled = data.indices("train", labelled=True)
+    if "emotion" in prior.heads:
+        spk = {data.clips[i].speaker for i in labelled}
+        emos = {data.clips[i].emotion for i in labelled}
+        if len(spk) < 2 or len(emos) < 2:
+            raise TalkError(f"the emotion head needs labelled train clips of >= 2 speakers and >= 2 emotions; "
+                            f"{cfg.crops / 'manifest.csv'} has {len(spk)} speaker(s), {len(emos)} emotion(s)")
+    if len(data.indices("train")) < 2:
+        raise TalkError(f"{cfg.crops / 'manifest.csv'}: fewer than 2 train clips")
+
+    runtime.seed_everything(seed)
+    model = PriorModel(prior, bank).to(device)
+    scale = torch.as_tensor(data.visual_scale(data.indices("train")))
+    for e in model.embedders.values():
+        e.visual_scale.copy_(scale)
+    model.landmark_template.copy_(torch.as_tensor(data.population))
+    runtime.log.info("pretrain_prior: %d clips (%d train), %d speakers, heads %s, device %s",
+                     len(data), len(data.indices("train")), len(data.speakers), ",".join(prior.heads), device)
+    summary = train(model, data, cfg, seed, device)
+
+    every = list(range(len(data)))
+    emb = {m: embed_clips(model, data, every, m, cfg.eval_batch, device) for m in ("both", "audio", "video")}
+    metrics = evaluate(model, data, emb, cfg, seed)
+    metrics["train"] = _round({k: v for k, v in summary.items() if k != "curves"})
+
+    meta_file = Path(cfg.audio_features) / "meta.json"
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "prior": to_plain(prior),
+        "bank": to_plain(bank),
+        "bank_head": model.bank_head,
+        "emotions": list(EMOTIONS),
+        "landmarks": {"normalisation": "eye-centred, eye axis horizontal, IOD units",
+                      "template": cfg.template, "fps": 25},
+        "audio_features": json.loads(meta_file.read_text()) if meta_file.is_file() else None,
+        "trained": {"seed": seed, "window_s": cfg.window, "speakers": data.speakers, **metrics["train"]},
+    }
+    with atomic_dir(cfg.out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "version": str(VERSION)})
+        save_presets(tmp / "presets.safetensors", _presets(data, emb["both"]), source="pretrain_prior (train split)")
+        arrays = {
+            "clip_id": np.array([c.clip_id for c in data.clips]),
+            "speaker": np.array([c.speaker for c in data.clips]),
+            "emotion": np.array([EMOTIONS[c.emotion] if c.emotion >= 0 else "" for c in data.clips]),
+            "level": np.array([c.level for c in data.clips], np.int64),
+            "split": np.array([c.split for c in data.clips]),
+        }
+        for h, (mu, lv) in emb["both"].items():
+            prefix = "" if h == model.bank_head else f"{h}_"
+            arrays[f"{prefix}mu"], arrays[f"{prefix}logvar"] = mu.astype(np.float32), lv.astype(np.float32)
+        np.savez(tmp / "clip_embeddings.npz", **arrays)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        keys = sorted({k for row in summary["curves"] for k in row}, key=lambda k: (k != "step", k))
+        lines = ["\t".join(keys)] + ["\t".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in keys) for row in summary["curves"]]
+        (tmp / "curves.tsv").write_text("\n".join(lines) + "\n")
+        shown = data.indices("test")
+        if len({data.clips[i].speaker for i in shown}) < 2:  # one test speaker says nothing about identity
+            shown = every
+        plot_embeddings(tmp / "embeddings.png", {h: emb["both"][h][0][shown] for h in model.heads},
+                        [EMOTIONS[data.clips[i].emotion] if data.clips[i].emotion >= 0 else "unlabelled" for i in shown],
+                        [data.clips[i].speaker for i in shown],
+                        f"{len(shown)} {'test' if shown != every else 'clips (all splits)'}, PCA of mu")
+        params.write_resolved(tmp / "params.yaml", ["base", "model", "pretrain_prior"])
+    _summary(metrics, summary)
+    return Path(cfg.out)
