@@ -1,0 +1,112 @@
+"""The image autoencoder of the latent diffusion backbone, its training losses and image metrics.
+
+Both methods denoise in the latent space of a KL autoencoder (Rombach et al. 2022, §3;
+DICE-Talk §3.1 and SVP §3 use Stable Diffusion's VAE). The full profile loads SD's VAE from a
+local folder; the default CPU profile trains a small ``diffusers.AutoencoderKL`` on the training
+crops (``stages/fit_vae.py``), built here from ``VaeConfig``.
+
+``VaeConfig`` (models/vae_config.py, torch-free) is ``model.vae`` in params.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from models.vae_config import OWN, VaeConfig
+
+__all__ = ["OWN", "VaeConfig", "LossWeights", "build_vae", "vae_loss", "gradient_loss", "kl_loss", "psnr", "ssim"]
+
+
+def build_vae(cfg: VaeConfig, image_size: int):
+    """A fresh ``diffusers.AutoencoderKL`` for ``source: own`` (DownEncoder/UpDecoder blocks)."""
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=image_size,
+        scaling_factor=1.0,  # measured from the data by fit_vae and written into the config
+        mid_block_add_attention=cfg.mid_attention,
+        force_upcast=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (images in [-1, 1], (B, 3, H, W))
+
+
+def gradient_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical finite differences: a cheap edge (sharpness) term."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])  # (B, C, H, W-1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])  # (B, C, H-1, W)
+    return dx.abs().mean() + dy.abs().mean()
+
+
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per latent element, averaged (Kingma & Welling 2014, App. B)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    l1: float = 1.0  # weight of |x - x^|
+    l2: float = 0.0  # weight of (x - x^)^2
+    gradient: float = 0.5  # weight of the finite-difference L1 (gradient_loss)
+    kl: float = 1e-6  # weight of the per-element KL to N(0, I)
+
+
+def vae_loss(
+    vae, x: torch.Tensor, w: LossWeights, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction (L1 / L2 / gradient) of a posterior sample plus a small KL (LDM §3)."""
+    posterior = vae.encode(x).latent_dist  # mean, logvar: (B, C, h, w)
+    z = posterior.sample(generator=generator)
+    x_hat = vae.decode(z).sample  # (B, 3, H, W)
+    parts = {
+        "l1": F.l1_loss(x_hat, x),
+        "l2": F.mse_loss(x_hat, x),
+        "gradient": gradient_loss(x_hat, x),
+        "kl": kl_loss(posterior.mean, posterior.logvar),
+    }
+    loss = w.l1 * parts["l1"] + w.l2 * parts["l2"] + w.gradient * parts["gradient"] + w.kl * parts["kl"]
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Image metrics (images in [0, 1], (B, 3, H, W)); one value per image
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for peak 1, per image: (B,)."""
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10.0 * mse.log10()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) with a Gaussian window, per image: (B,)."""
+    c = x.shape[1]
+    r = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()  # (C, 1, k, k)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=c)  # valid window, (B, C, H-k+1, W-k+1)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)

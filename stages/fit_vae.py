@@ -1,0 +1,441 @@
+"""Stage ``fit_vae``: the image autoencoder whose latent space the diffusion model works in.
+
+LDM §3 (Rombach et al. 2022): a KL-regularised autoencoder maps an S px crop to a small latent;
+DICE-Talk §3.1 and SVP §3 use Stable Diffusion's VAE. ``model.vae.source`` chooses:
+
+- ``own`` (the CPU profile): a small ``diffusers.AutoencoderKL`` (models/vae.py) trained here on
+  random patches of training-split crops, L1 + L2 + finite-difference (edge) loss + a small KL,
+  AdamW with warm-up and cosine decay.
+- a local diffusers AutoencoderKL folder (e.g. SD's ``vae/``; the full profile): loaded with
+  ``from_pretrained`` on that path only, never trained.
+
+Either way the stage then measures, on frames of the data:
+- the latent scaling factor ``1 / std(z)`` over posterior samples z of training frames (so that
+  ``z * scaling_factor`` has unit variance, LDM §4.3.2), written into the saved ``config.json``;
+- reconstruction PSNR / SSIM of held-out ``val`` frames (decoded from the posterior mean),
+  written to ``metrics.json``.
+
+Output ``<out>/``: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (a diffusers folder
+whatever the source), ``metrics.json``, ``loss.tsv`` (training curve) and ``params.yaml``.
+``load_vae`` / ``encode_frames`` / ``decode_latents`` are the entry points of the later stages;
+the VAE identity (hash of config + weights) keys the latent cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages import media
+from stages.errors import TalkError
+from stages.fs import atomic_dir
+from stages.params import rng
+from stages.runtime import console, log, progress
+
+__all__ = [
+    "Config", "run", "load_vae", "save_vae", "vae_identity", "encode_frames", "decode_latents",
+    "read_crops", "clip_frames_path",
+]
+
+CONFIG = "config.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+METRICS = "metrics.json"
+LOSS_LOG = "loss.tsv"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    crops: Path = Path("data/crops")  # input: crop_align's folder (manifest.csv, <clip>/frames.mp4)
+    out: Path = Path("artifacts/vae")  # output: diffusers AutoencoderKL folder + metrics.json, loss.tsv
+    max_clips: int = dataclasses.field(default=96, metadata=rng(0))  # train clips read (a seeded random subset; decoding is the cost); 0 = all
+    frames_per_clip: int = dataclasses.field(default=12, metadata=rng(1))  # training frames taken per read clip (evenly spread, random phase)
+    val_frames: int = dataclasses.field(default=64, metadata=rng(1))  # held-out frames (from val clips) for PSNR / SSIM
+    scale_frames: int = dataclasses.field(default=128, metadata=rng(1))  # training frames encoded to measure the scaling factor
+    steps: int = dataclasses.field(default=800, metadata=rng(0))  # optimisation steps of the own VAE (a pretrained source is not trained)
+    batch_size: int = dataclasses.field(default=8, metadata=rng(1))  # patches per step
+    patch: int = dataclasses.field(default=64, metadata=rng(0))  # px, side of the random square patch trained on; 0 = whole crop
+    lr: float = dataclasses.field(default=2e-3, metadata=rng(0.0))  # AdamW peak learning rate
+    lr_min: float = dataclasses.field(default=1e-4, metadata=rng(0.0))  # learning rate at the end of the cosine decay
+    warmup: int = dataclasses.field(default=20, metadata=rng(0))  # steps of linear learning-rate warm-up
+    weight_decay: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # AdamW weight decay
+    l1: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the L1 reconstruction loss
+    l2: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # weight of the L2 reconstruction loss
+    gradient: float = dataclasses.field(default=0.5, metadata=rng(0.0))  # weight of the finite-difference (edge) L1 loss
+    kl: float = dataclasses.field(default=1e-6, metadata=rng(0.0))  # weight of the per-element KL to N(0, I)
+    flip: bool = True  # random horizontal flips of training patches
+    eval_batch: int = dataclasses.field(default=32, metadata=rng(1))  # frames per encode / decode batch when measuring
+    log_every: int = dataclasses.field(default=25, metadata=rng(1))  # steps between rows of loss.tsv
+
+    def pretrained(self, params) -> list:
+        """For `talk doctor`: the pretrained VAE folder, when ``model.vae.source`` names one."""
+        from stages import weights
+
+        src = params.model.vae.source
+        if params.model.vae.is_own:
+            return []
+        return [weights.check("image VAE (diffusers AutoencoderKL)", src, True, lambda: vae_source_dir(src))]
+
+
+# --------------------------------------------------------------------------------------------
+# Saving, loading, identity
+
+
+def vae_source_dir(source: str | Path) -> Path:
+    """A local diffusers AutoencoderKL folder (or a pipeline folder holding one in ``vae/``)."""
+    path = Path(source).expanduser()
+    for cand in (path, path / "vae"):
+        cfg = cand / CONFIG
+        if cfg.is_file():
+            try:
+                cls = json.loads(cfg.read_text()).get("_class_name")
+            except json.JSONDecodeError:
+                raise TalkError(f"{cfg}: not valid JSON") from None
+            if cls == "AutoencoderKL":
+                return cand
+    raise TalkError(
+        f"model.vae.source: no diffusers AutoencoderKL folder at {path.resolve()} "
+        f"(expected config.json with _class_name AutoencoderKL, here or in vae/)"
+    )
+
+
+def _canonical_config(config: dict) -> str:
+    return json.dumps({k: v for k, v in sorted(config.items()) if not k.startswith("_")}, sort_keys=True)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def vae_identity(path: Path | str) -> str:
+    """sha256 of a saved VAE's config (scaling factor included) and weights file: the cache key."""
+    path = Path(path)
+    cfg, weights = path / CONFIG, path / WEIGHTS
+    if not cfg.is_file() or not weights.is_file():
+        raise TalkError(f"no VAE at {path}: expected {CONFIG} and {WEIGHTS} (run `talk fit-vae`)")
+    try:
+        config = json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        raise TalkError(f"{cfg}: not valid JSON") from None
+    h = hashlib.sha256(_canonical_config(config).encode())
+    h.update(_sha256_file(weights).encode())
+    return h.hexdigest()
+
+
+def save_vae(vae, path: Path) -> None:
+    """diffusers folder: config.json (architecture + scaling_factor) + safetensors weights."""
+    vae.save_pretrained(str(path), safe_serialization=True)
+
+
+def load_vae(path: Path | str, device: Any = "cpu"):
+    """-> (AutoencoderKL in eval mode, scaling_factor, identity) from a folder saved by fit_vae."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    identity = vae_identity(path)
+    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    vae = vae.to(device).eval().requires_grad_(False)
+    return vae, float(vae.config.scaling_factor), identity
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding and decoding (the helpers render / evaluate / cache_latents use)
+
+
+def _autocast(device, dtype: str):
+    import contextlib
+
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
+
+
+def encode_frames(vae, frames: np.ndarray, chunk: int = 32, autocast: str = "float32"):
+    """uint8 frames (N, H, W, 3) -> posterior mean, std: float32 tensors (N, C, h, w) on the CPU.
+
+    Unscaled (multiply by the scaling factor to get the diffusion model's latents).
+    ``autocast``: float32, bfloat16 or float16 compute inside the encoder.
+    """
+    import torch
+
+    dev = next(vae.parameters()).device
+    means, stds = [], []
+    with torch.inference_mode(), _autocast(dev, autocast):
+        for i in range(0, len(frames), chunk):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).to(dev)  # (B, H, W, 3) uint8
+            x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1]
+            post = vae.encode(x).latent_dist
+            means.append(post.mean.float().cpu())
+            stds.append(post.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def decode_latents(vae, z, chunk: int = 16, scaling_factor: float | None = None) -> np.ndarray:
+    """Scaled latents (N, C, h, w) (as the diffusion model makes them) -> uint8 frames (N, H, W, 3).
+
+    Decodes ``chunk`` latents at a time (bounded memory); ``scaling_factor`` defaults to the VAE's.
+    """
+    import torch
+
+    s = float(vae.config.scaling_factor if scaling_factor is None else scaling_factor)
+    dev = next(vae.parameters()).device
+    z = torch.as_tensor(z)
+    if z.ndim != 4:
+        raise ValueError(f"decode_latents expects (N, C, h, w), got {tuple(z.shape)}")
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(z), chunk):
+            x = vae.decode(z[i : i + chunk].to(dev, torch.float32) / s).sample  # (B, 3, H, W) in [-1, 1]
+            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            out.append(x.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading crops
+
+
+def read_crops(crops: Path):
+    """The crop manifest (docs/pipeline.md "Crops"), checked; see stages/clip_dataset.py."""
+    from stages.clip_dataset import read_manifest
+
+    return read_manifest(Path(crops))
+
+
+def clip_frames_path(crops: Path, crop_dir: str, clip_id: str) -> Path:
+    """``<crop_dir>/frames.mp4``: crop_dir absolute, relative to the working dir or to ``crops``."""
+    p = Path(crop_dir) if crop_dir else Path(clip_id)
+    candidates = [p] if p.is_absolute() else [p, Path(crops) / p, Path(crops) / p.name, Path(crops) / clip_id]
+    for c in candidates:
+        if (c / "frames.mp4").is_file():
+            return c / "frames.mp4"
+    raise TalkError(f"clip {clip_id}: no frames.mp4 in {p} (nor in {Path(crops) / clip_id}); re-run `talk crop-align`")
+
+
+def read_frames(path: Path, indices: Sequence[int], size: int) -> np.ndarray:
+    """Frames ``indices`` (sorted, unique) of a crop video -> (n, size, size, 3) uint8."""
+    want = sorted(set(int(i) for i in indices))
+    out, k = [], 0
+    for t, frame in enumerate(media.iter_video(path, fps=None)):
+        if t == want[k]:
+            out.append(frame)
+            k += 1
+            if k == len(want):
+                break
+    if len(out) < len(want):
+        raise TalkError(f"{path}: {t + 1} frames, wanted frame {want[-1]} (re-run `talk crop-align`)")
+    frames = np.stack(out)
+    if frames.shape[1:] != (size, size, 3):
+        raise TalkError(f"{path}: frames are {frames.shape[2]}x{frames.shape[1]}, model.image_size is {size}")
+    return frames
+
+
+def _spread(n_frames: int, k: int, rng_: np.random.Generator) -> np.ndarray:
+    """k frame indices evenly spread over a clip, with a random phase."""
+    k = min(k, n_frames)
+    step = n_frames / k
+    return np.unique((rng_.uniform(0, step) + step * np.arange(k)).astype(int).clip(0, n_frames - 1))
+
+
+def gather_frames(crops: Path, rows, per_clip: int, size: int, seed: int, what: str) -> np.ndarray:
+    """``per_clip`` frames of each manifest row -> (N, size, size, 3) uint8."""
+    g = np.random.default_rng(seed)
+    out = []
+    with progress() as bar:
+        task = bar.add_task(f"reading {what} crops", total=len(rows))
+        for row in rows.itertuples(index=False):
+            path = clip_frames_path(crops, row.crop_dir, row.clip_id)
+            out.append(read_frames(path, _spread(int(row.n_frames), per_clip, g), size))
+            bar.advance(task)
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Training and measuring
+
+
+def _lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up, then cosine decay from lr to lr_min."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train(vae, frames: np.ndarray, cfg: Config, seed: int, device) -> list[dict]:
+    """Optimise ``vae`` on random patches of ``frames`` (N, S, S, 3) uint8; returns the loss log."""
+    import torch
+
+    from models.vae import LossWeights, vae_loss
+
+    w = LossWeights(l1=cfg.l1, l2=cfg.l2, gradient=cfg.gradient, kl=cfg.kl)
+    g = np.random.default_rng([seed, 1])
+    gen = torch.Generator(device=device).manual_seed(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    size = frames.shape[1]
+    patch = size if cfg.patch == 0 else min(cfg.patch, size)
+    vae.train()
+    rows, acc = [], []
+    with progress() as bar:
+        task = bar.add_task("fit_vae", total=cfg.steps)
+        for step in range(cfg.steps):
+            idx = g.integers(0, len(frames), cfg.batch_size)
+            i, j = g.integers(0, size - patch + 1, 2)
+            x = frames[idx, i : i + patch, j : j + patch]  # (B, p, p, 3) uint8
+            if cfg.flip:
+                x = np.where(g.random(len(x))[:, None, None, None] < 0.5, x[:, :, ::-1], x)
+            x = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            loss, parts = vae_loss(vae, x, w, generator=gen)  # x: (B, 3, p, p) in [-1, 1]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            acc.append({"loss": float(loss.detach()), **parts})
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                mean = {k: float(np.mean([a[k] for a in acc])) for k in acc[0]}
+                rows.append({"step": step + 1, "lr": _lr_at(step, cfg), **mean})
+                log.debug("fit_vae step %d: %s", step + 1, mean)
+                acc = []
+            bar.advance(task)
+    vae.eval()
+    return rows
+
+
+def measure_scaling(vae, frames: np.ndarray, chunk: int) -> tuple[float, dict[str, Any]]:
+    """1 / std of posterior samples z = mean + std * eps over ``frames`` (LDM §4.3.2)."""
+    mean, std = encode_frames(vae, frames, chunk)  # (N, C, h, w)
+    # Var(z) = Var(mean) + E[std^2] (law of total variance over frames, positions, channels)
+    var = float(mean.double().var() + std.double().pow(2).mean())
+    return 1.0 / math.sqrt(var), {
+        "latent_mean": float(mean.mean()),
+        "latent_std": math.sqrt(var),
+        "posterior_std_mean": float(std.mean()),
+        "latent_shape": list(mean.shape[1:]),
+    }
+
+
+def reconstruction_metrics(vae, frames: np.ndarray, chunk: int) -> dict[str, float]:
+    """PSNR (dB) and SSIM of frames decoded from their posterior mean, averaged over frames."""
+    import torch
+
+    from models.vae import psnr, ssim
+
+    mean, _ = encode_frames(vae, frames, chunk)
+    rec = decode_latents(vae, mean, chunk, scaling_factor=1.0)  # (N, H, W, 3) uint8
+    a = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    b = torch.from_numpy(rec).permute(0, 3, 1, 2).float() / 255
+    return {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}
+
+
+def _split_rows(df, seed: int):
+    """Training rows and held-out rows: the val split, else every 10th train clip (with a warning)."""
+    train = df[df["split"] == "train"]
+    val = df[df["split"] == "val"]
+    if len(train) == 0:
+        raise TalkError("fit_vae: the crop manifest has no train clips")
+    if len(val) == 0:
+        if len(train) < 2:
+            raise TalkError("fit_vae: need a val clip (or two train clips) to measure reconstruction on held-out frames")
+        held = np.random.default_rng(seed).permutation(len(train))[: max(1, len(train) // 10)]
+        log.warning("fit_vae: no val clips; holding out %d train clip(s) for the metrics", len(held))
+        val = train.iloc[np.sort(held)]
+        train = train.drop(index=val.index)
+    return train, val
+
+
+def run(params) -> dict[str, Any]:
+    """Train (own) or load (pretrained) the VAE, measure scaling factor and val PSNR / SSIM, save."""
+    import torch
+    from rich.table import Table
+
+    from models.vae import build_vae
+    from stages.runtime import device as pick_device
+
+    cfg: Config = params.fit_vae
+    mcfg = params.model.vae
+    size = params.model.image_size
+    seed = params.base.seed
+    device = pick_device(params.base.device)
+    df = read_crops(cfg.crops)
+    train_rows, val_rows = _split_rows(df, seed)
+    if cfg.max_clips and len(train_rows) > cfg.max_clips:
+        pick = np.random.default_rng([seed, 3]).choice(len(train_rows), cfg.max_clips, replace=False)
+        train_rows = train_rows.iloc[np.sort(pick)]
+    t0 = time.perf_counter()
+
+    train_frames = gather_frames(cfg.crops, train_rows, cfg.frames_per_clip, size, seed, "train")
+    per_val = max(1, math.ceil(cfg.val_frames / len(val_rows)))
+    val_frames = gather_frames(cfg.crops, val_rows, per_val, size, seed + 1, "val")[: cfg.val_frames]
+    t_read = time.perf_counter() - t0
+
+    torch.manual_seed(seed)
+    if mcfg.is_own:
+        vae = build_vae(mcfg, size).to(device)
+        if size % mcfg.downsampling():
+            raise TalkError(f"model.image_size {size} is not a multiple of the VAE downsampling {mcfg.downsampling()}")
+        t1 = time.perf_counter()
+        curve = train(vae, train_frames, cfg, seed, device)
+        t_train = time.perf_counter() - t1
+    else:
+        from diffusers import AutoencoderKL
+
+        src = vae_source_dir(mcfg.source)
+        vae = AutoencoderKL.from_pretrained(str(src), local_files_only=True).to(device, torch.float32).eval()
+        curve, t_train = [], 0.0
+    vae.requires_grad_(False)
+
+    pick = np.random.default_rng([seed, 2]).permutation(len(train_frames))[: cfg.scale_frames]
+    scaling, stats = measure_scaling(vae, train_frames[np.sort(pick)], cfg.eval_batch)
+    vae.register_to_config(scaling_factor=scaling)
+    rec = reconstruction_metrics(vae, val_frames, cfg.eval_batch)
+    metrics = {
+        "val_psnr": rec["psnr"],
+        "val_ssim": rec["ssim"],
+        "val_frames": int(len(val_frames)),
+        "scaling_factor": scaling,
+        **stats,
+        "train_frames": int(len(train_frames)),
+        "steps": cfg.steps if mcfg.is_own else 0,
+        "loss_first": curve[0]["loss"] if curve else None,
+        "loss_last": curve[-1]["loss"] if curve else None,
+        "parameters": int(sum(p.numel() for p in vae.parameters())),
+        "source": str(mcfg.source),
+    }
+
+    with atomic_dir(cfg.out) as tmp:
+        save_vae(vae.to("cpu"), tmp)
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=1) + "\n")
+        cols = ["step", "lr", "loss", "l1", "l2", "gradient", "kl"]
+        lines = ["\t".join(cols)] + ["\t".join(f"{r[c]:.6g}" for c in cols) for r in curve]
+        (tmp / LOSS_LOG).write_text("\n".join(lines) + "\n")
+        params.write_resolved(tmp / "params.yaml", ["base", "model", "fit_vae"])
+    identity = vae_identity(cfg.out)
+
+    table = Table(title=f"fit_vae -> {cfg.out}")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("source", str(mcfg.source))
+    table.add_row("latent", f"{tuple(stats['latent_shape'])} for {size} px")
+    table.add_row("frames (train / val)", f"{len(train_frames)} / {len(val_frames)}")
+    if curve:
+        table.add_row("loss (first / last)", f"{curve[0]['loss']:.4f} / {curve[-1]['loss']:.4f}")
+    table.add_row("val PSNR / SSIM", f"{rec['psnr']:.2f} dB / {rec['ssim']:.4f}")
+    table.add_row("scaling factor", f"{scaling:.4f}")
+    table.add_row("time (read / train / total)", f"{t_read:.1f} / {t_train:.1f} / {time.perf_counter() - t0:.1f} s")
+    table.add_row("identity", identity[:16])
+    console.print(table)
+    return {**metrics, "identity": identity}
