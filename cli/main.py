@@ -5,9 +5,21 @@ from __future__ import annotations
 import cli  # noqa: F401  (sets HF_HUB_OFFLINE before anything hub-aware loads)
 import typer
 
+from cli.audio_features import audio_features
+from cli.cache_latents import cache_latents
+from cli.crop_align import crop_align
 from cli.discover import discover
 from cli.doctor import doctor
+from cli.evaluate import evaluate
+from cli.embed import embed
+from cli.finetune_disc import finetune_disc
+from cli.fit_vae import fit_vae
 from cli.preprocess import preprocess
+from cli.pretrain_prior import pretrain_prior
+from cli.render import render
+from cli.sample_data import sample_data
+from cli.train import train
+from cli.train_diffusion import train_diffusion
 
 app = typer.Typer(
     name="talk",
@@ -24,8 +36,20 @@ def _root() -> None:
 
 
 app.command("doctor")(doctor)
+app.command("sample-data")(sample_data)
 app.command("discover")(discover)
+app.command("crop-align")(crop_align)
+app.command("audio-features")(audio_features)
+app.command("fit-vae")(fit_vae)
+app.command("cache-latents")(cache_latents)
 app.command("preprocess")(preprocess)
+app.command("pretrain-prior")(pretrain_prior)
+app.command("train-diffusion")(train_diffusion)
+app.command("finetune-disc")(finetune_disc)
+app.command("train")(train)
+app.command("evaluate")(evaluate)
+app.command("render")(render)
+app.command("embed")(embed)
 
 
 def main() -> None:

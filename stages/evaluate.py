@@ -94,8 +94,10 @@ def repeat_reference(ref_frame: np.ndarray, audio: np.ndarray, emotion: str, lev
 
 
 def trained_renderer(params) -> RenderFn:
-    # TODO(lead): wire the trained render pipeline (stages.render) here once it exists.
-    raise TalkError("render pipeline not available: run `talk train`")
+    """The model row: the trained pipeline that ``params.render`` names, fed aligned crops."""
+    from stages.render import evaluation_renderer
+
+    return evaluation_renderer(params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,19 +96,25 @@ def iter_video(path: Path | str, fps: float | None = VIDEO_FPS) -> Iterator[np.n
         stream = c.streams.video[0]
         tb = stream.time_base
         start = stream.start_time or 0
+        # one reformatter per stream: ~10x faster than frame.to_ndarray(format=...) (no per-frame set-up)
+        reformatter = av.video.reformatter.VideoReformatter()
+
+        def rgb(frame: av.VideoFrame) -> np.ndarray:
+            return reformatter.reformat(frame, format="rgb24").to_ndarray()
+
         src_dt = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / (fps or VIDEO_FPS)
         k = 0  # next output frame index
         prev, t = None, 0.0
         try:
             for frame in c.decode(stream):
                 if fps is None:
-                    yield frame.to_ndarray(format="rgb24")
+                    yield rgb(frame)
                     continue
                 t = float((frame.pts - start) * tb) if frame.pts is not None else t + src_dt
                 if prev is not None and k / fps < t - 1e-6:  # output times shown before this frame
-                    rgb = prev.to_ndarray(format="rgb24")  # converted only when shown (drops cost nothing)
+                    shown = rgb(prev)  # converted only when shown (dropped frames cost nothing)
                     while k / fps < t - 1e-6:
-                        yield rgb
+                        yield shown
                         k += 1
                 prev = frame
         except av.FFmpegError as e:
@@ -116,9 +122,9 @@ def iter_video(path: Path | str, fps: float | None = VIDEO_FPS) -> Iterator[np.n
                 raise TalkError(f"{path}: video does not decode ({type(e).__name__})") from None
             # a truncated tail: keep what decoded
         if prev is not None and fps is not None:  # the last frame is shown until t + src_dt
-            rgb = prev.to_ndarray(format="rgb24")
+            shown = rgb(prev)
             while k / fps < t + src_dt - 1e-6:
-                yield rgb
+                yield shown
                 k += 1
 
 

@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig, DiscriminatorConfig
+from models.prior_config import EmotionBankConfig, PriorConfig
+from models.vae_config import VaeConfig
 from stages.errors import TalkError
 
 # Section name -> dataclass, or the module that defines it as ``Config`` (imported lazily so that
@@ -286,9 +289,26 @@ class Model:
     motion_frames: int = dataclasses.field(default=2, metadata=rng(0))  # M: previous frames given as motion context
     target_frames: int = dataclasses.field(default=1, metadata=rng(1))  # F: frames denoised together (1 = frame backbone)
     audio_window: int = dataclasses.field(default=10, metadata=rng(2))  # k: Whisper frames (50 Hz) centred on each video frame
+    prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)  # emotion / style embedder (DICE-Talk §3.1, SVP §3.2; models/prior.py)
+    bank: EmotionBankConfig = dataclasses.field(default_factory=EmotionBankConfig)  # Emotion Bank (DICE-Talk §3.2; models/emotion_bank.py)
+    vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)  # image autoencoder: own (trained by fit_vae) or a local diffusers folder (LDM §3; models/vae.py)
+    denoiser: DenoiserConfig = dataclasses.field(default_factory=DenoiserConfig)  # UNet backbone: frame (UNet2DConditionModel) | clip (SVD's spatio-temporal UNet) (models/denoiser.py)
+    conditioning: ConditioningConfig = dataclasses.field(default_factory=ConditioningConfig)  # audio / emotion / style tokens, decoupled cross-attention (models/conditioning.py)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)  # noise schedule and prediction target (models/diffusion.py)
+    discriminator: DiscriminatorConfig = dataclasses.field(default_factory=DiscriminatorConfig)  # emotion classifier on denoiser features (models/discriminator.py)
 
 
 register("base", Base)
 register("paths", Paths)
 register("model", Model)
+register("sample_data", "stages.sample_data")
 register("discover", "stages.discover")
+register("crop_align", "stages.crop_align")
+register("audio_features", "stages.audio_features")
+register("fit_vae", "stages.fit_vae")
+register("cache_latents", "stages.cache_latents")
+register("pretrain_prior", "stages.pretrain_prior")
+register("train_diffusion", "stages.train_diffusion")
+register("finetune_disc", "stages.finetune_disc")
+register("evaluate", "stages.evaluate")
+register("render", "stages.render")
