@@ -89,12 +89,22 @@ def check(name: str, spec: str, required: bool, resolve) -> Component:
 
 def components(params) -> list[Component]:
     """Every pretrained component the params configure, resolved."""
+    face = getattr(getattr(params, "crop_align", None), "face", None)
+    if face is not None and face.detector == "insightface":
+        detector = check("face detector (insightface SCRFD)", f"crop_align.face = {face.insightface_pack}", True,
+                         lambda: insightface_pack(face.insightface_root, face.insightface_pack))
+    else:
+        detector = check("face detector (dlib HOG)", "built into dlib", True, lambda: package_dir("dlib") or _no("dlib"))
     out = [
-        check("face detector (dlib HOG)", "built into dlib", True, lambda: package_dir("dlib") or _no("dlib")),
+        detector,
         check("face landmarks (dlib 68)", "face-recognition-models", True, lambda: dlib_model("landmarks_68")),
         check("face descriptor (dlib 128-d)", "face-recognition-models", True, lambda: dlib_model("descriptor")),
         check("emotion judge (FER 7-class)", "fer .tflite", True, fer_model),
     ]
+    denoiser = getattr(getattr(params, "model", None), "denoiser", None)
+    if denoiser is not None and denoiser.pretrained:
+        out.append(check("denoiser init (SVD unet)", f"model.denoiser.pretrained = {denoiser.pretrained}", True,
+                         lambda: local_file(Path(denoiser.pretrained) / "config.json", "diffusers UNet folder (config.json + weights)").parent))
     for section in params.sections.values():
         contribute = getattr(section, "pretrained", None)
         if contribute is not None:

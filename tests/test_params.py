@@ -93,3 +93,21 @@ def test_fixed_length_tuple_fields():
     assert P.parse(C, {"xyz": [1, 2.5, 3]}, "c").xyz == (1.0, 2.5, 3.0)
     with pytest.raises(TalkError, match="expected 3 values"):
         P.parse(C, {"xyz": [1, 2]}, "c")
+
+
+def test_full_profile_has_the_same_keys_as_the_default(root):
+    default = yaml.safe_load((root / "params.yaml").read_text())
+    full = yaml.safe_load((root / "profiles" / "full.yaml").read_text())
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(full) == keys(default)
+    params = P.load(root / "profiles" / "full.yaml")
+    assert params.model.image_size == 512
+    assert params.model.denoiser.backbone == "clip"
