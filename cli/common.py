@@ -61,3 +61,17 @@ def run_stage(
         runtime.setup(params.base)
         module = importlib.import_module(f"stages.{name}")
         return module.run(params, **kwargs)
+
+
+def run_sequence(label: str, names: Sequence[str], params_file: Path, sets: Sequence[str] | None, dry_run: bool) -> None:
+    """Run several stages in order in one process (`talk preprocess`, `talk train`)."""
+    params = load(params_file, sets)
+    if dry_run:
+        print_config(params, ["base", "paths", "model", *names])
+        return
+    with user_errors():
+        runtime.setup(params.base)
+        for i, name in enumerate(names, 1):
+            runtime.console.rule(f"[bold]{label} {i}/{len(names)}: {name}")
+            importlib.import_module(f"stages.{name}").run(params)
+    runtime.console.print(f"[green]{label}:[/] ran {', '.join(names)}", highlight=False)
