@@ -8,7 +8,7 @@ import os
 import typer
 from rich.table import Table
 
-from cli.common import DEFAULT_PARAMS, ParamsOpt, SetOpt, load
+from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, load, print_config
 from stages import runtime, weights
 
 PACKAGES = ("torch", "diffusers", "dvc", "openai-whisper", "av", "lmdb", "dlib-bin", "insightface")
@@ -21,11 +21,14 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def doctor(params_file: ParamsOpt = DEFAULT_PARAMS, sets: SetOpt = None) -> None:
+def doctor(params_file: ParamsOpt = DEFAULT_PARAMS, sets: SetOpt = None, dry_run: DryRunOpt = False) -> None:
     """Check versions, device and pretrained weights; exit 0 when the configured pipeline can run."""
     import torch
 
     params = load(params_file, sets)
+    if dry_run:
+        print_config(params, list(params.sections))
+        return
     console = runtime.console
 
     env = Table(title="environment", show_header=False)
