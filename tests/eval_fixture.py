@@ -121,7 +121,11 @@ def make_crops(root: Path, n_train: int = 12, n_test: int = 20) -> Path:
 def make_params(crops: Path, out: Path, **kw) -> P.Params:
     kw = {"max_clips": 0, "max_frames": 0, **kw}
     cfg = evaluate.Config(crops=crops, out=out, **kw)
-    sections = {"base": P.Base(), "paths": P.Paths(), "model": P.Model(), "evaluate": cfg}
+    from stages import render
+
+    missing = out.parent / "no-artefacts"  # the model row needs trained artefacts; tests pass render_fn
+    render_cfg = render.Config(vae=missing / "vae", prior=missing / "prior", denoiser=missing / "diffusion")
+    sections = {"base": P.Base(), "paths": P.Paths(), "model": P.Model(), "evaluate": cfg, "render": render_cfg}
     return P.Params(source=Path("test-params.yaml"), sections=types.MappingProxyType(sections))
 
 

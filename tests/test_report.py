@@ -142,7 +142,7 @@ def test_neutral_reference_lookup(crops):
 
 def test_errors_leave_no_output(crops, tmp_path):
     out = tmp_path / "evaluate"
-    with pytest.raises(TalkError, match="render pipeline not available: run `talk train`"):
+    with pytest.raises(TalkError, match=r"run `talk fit-vae` or `dvc repro fit_vae`"):
         evaluate.run(make_params(crops, out))
     with pytest.raises(TalkError, match="crop manifest not found"):
         evaluate.run(make_params(tmp_path / "nowhere", out), render_fn=evaluate.repeat_reference)
