@@ -68,3 +68,23 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_artifact_config(folder: Path | str, fmt: str, version: int, what: str, stage: str) -> dict:
+    """``<folder>/config.json`` of a talk artefact, checked for its format name and version.
+
+    ``what`` names the artefact ("prior", "denoiser") and ``stage`` the command that makes it.
+    """
+    import json
+
+    from stages.errors import TalkError
+
+    cfg_file = Path(folder) / "config.json"
+    if not cfg_file.is_file():
+        raise TalkError(f"{cfg_file} not found: run talk {stage} first (or point to a {what} folder)")
+    config = json.loads(cfg_file.read_text())
+    if config.get("format") != fmt:
+        raise TalkError(f"{cfg_file}: not a talk {what} (format {config.get('format')!r})")
+    if config.get("version", 0) > version:
+        raise TalkError(f"{cfg_file}: format version {config['version']} is newer than this code ({version})")
+    return config

@@ -35,7 +35,7 @@ from models.emotions import EMOTIONS
 from models.prior_config import EmotionBankConfig, PriorConfig
 from stages import runtime
 from stages.errors import TalkError
-from stages.fs import atomic_dir, atomic_path
+from stages.fs import atomic_dir, atomic_path, read_artifact_config
 from stages.params import one_of, parse, rng, to_plain
 
 if TYPE_CHECKING:
@@ -228,15 +228,10 @@ def load_prior(path: Path | str, device: str | torch.device = "cpu") -> PriorBun
     from safetensors.torch import load_file
 
     path = Path(path)
-    cfg_file, weights = path / "config.json", path / "model.safetensors"
-    for f in (cfg_file, weights):
-        if not f.is_file():
-            raise TalkError(f"{f} not found: run talk pretrain-prior first (or point to a prior folder)")
-    config = json.loads(cfg_file.read_text())
-    if config.get("format") != FORMAT:
-        raise TalkError(f"{cfg_file}: not a talk prior (format {config.get('format')!r})")
-    if config.get("version", 0) > VERSION:
-        raise TalkError(f"{cfg_file}: format version {config['version']} is newer than this code ({VERSION})")
+    weights = path / "model.safetensors"
+    config = read_artifact_config(path, FORMAT, VERSION, "prior", "pretrain-prior")
+    if not weights.is_file():
+        raise TalkError(f"{weights} not found: run talk pretrain-prior first (or point to a prior folder)")
     model = build_model(config)
     try:
         state = load_file(str(weights))
@@ -245,7 +240,7 @@ def load_prior(path: Path | str, device: str | torch.device = "cpu") -> PriorBun
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise TalkError(f"{weights} does not match {cfg_file} ({str(e).splitlines()[0]})") from None
+        raise TalkError(f"{weights} does not match {path / 'config.json'} ({str(e).splitlines()[0]})") from None
     model.to(device).eval()
     presets = load_presets(path / "presets.safetensors") if (path / "presets.safetensors").is_file() else {}
     return PriorBundle(model=model, presets=presets, config=config, path=path)

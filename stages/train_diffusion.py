@@ -31,7 +31,7 @@ import numpy as np
 
 from stages import runtime
 from stages.errors import TalkError
-from stages.fs import atomic_dir, atomic_write_text
+from stages.fs import atomic_dir, atomic_write_text, read_artifact_config
 from stages.params import one_of, rng, to_plain
 from stages.trainer import LoopConfig, StepResult, Trainer, stage_fields
 
@@ -247,15 +247,7 @@ def save_denoiser(model: TalkDenoiser, folder: Path, extra: dict | None = None) 
 
 
 def read_config(path: Path) -> dict:
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise TalkError(f"{cfg_file} not found: run talk train-diffusion first (or point to a denoiser folder)")
-    config = json.loads(cfg_file.read_text())
-    if config.get("format") != FORMAT:
-        raise TalkError(f"{cfg_file}: not a talk denoiser (format {config.get('format')!r})")
-    if config.get("version", 0) > VERSION:
-        raise TalkError(f"{cfg_file}: format version {config['version']} is newer than this code ({VERSION})")
-    return config
+    return read_artifact_config(path, FORMAT, VERSION, "denoiser", "train-diffusion")
 
 
 def load_denoiser(path: Path | str, device: Any = "cpu", bank_factory=None) -> TalkDenoiser:
