@@ -77,7 +77,14 @@ def test_ceiling_as_model_scores_like_the_real_row(ceiling_run):
     # the fixture's mouth follows its audio; its expressions ramp in after a neutral first frame
     assert real["sync_corr"] > 0.5 and abs(real["sync_offset"]) <= 1
     assert floor["sync_offset"] is None  # a flat curve has no best offset
-    assert real["emo_acc_clf"] >= 5 / 6 and floor["emo_acc_clf"] <= 0.5
+    # The floor shows one frozen, neutral-looking frame per clip, so the judge gives each floor clip
+    # a single answer for all its frames, and it cannot follow the requested emotion as the real
+    # clips do. (Which class a neutral frame falls into is not fixed: the fixture's training clips
+    # also open on a neutral frame labelled with their emotion, so that answer sits on a boundary
+    # that codec and library versions move.)
+    assert real["emo_acc_clf"] >= 5 / 6 and floor["emo_acc_clf"] < real["emo_acc_clf"]
+    per_clip = pd.read_csv(out / "per_clip.csv")
+    assert set(per_clip[per_clip.row == "floor"].clf_frame_acc) <= {0.0, 1.0}
     notes = json.loads((out / "notes.json").read_text())
     assert not any("lip-sync" in f for f in notes["findings"])
     assert notes["clips"] == 6 and notes["judge"]["clips"] == 6
