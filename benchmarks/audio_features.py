@@ -38,7 +38,7 @@ WORKLOADS = {"4 s x 10": (4.0, 10), "20 s x 2": (20.0, 2), "70 s x 1": (70.0, 1)
 def clips(seconds: float, count: int):
     import numpy as np
 
-    from stages import media
+    from talk.media import io as media
 
     speech = media.read_audio(ROOT / "tests" / "fixtures" / "speech_radio_3s2.wav")
     gains = np.linspace(0.5, 1.0, 7, dtype=np.float32)
@@ -53,7 +53,7 @@ def child(method: str, threads: int, repeats: int, device: str, cache: str) -> d
     import torch
     import whisper
 
-    from stages.audio_features import encode_audio, load_whisper
+    from talk.stages.audio_features import encode_audio, load_whisper
 
     torch.set_num_threads(threads)
     model = load_whisper("tiny.en", cache, device=device)

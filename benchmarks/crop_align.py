@@ -69,8 +69,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stages import crop_align, faces, media
-    from stages import params as P
+    from talk.core import params as P
+    from talk.media import faces
+    from talk.media import io as media
+    from talk.stages import crop_align
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,4 +1,4 @@
-"""Benchmark: the diffusion data reader (stages/dataset.py) against raw LMDB reads and the trainer.
+"""Benchmark: the diffusion data reader (talk/data/windows.py) against raw LMDB reads and the trainer.
 
 Builds a synthetic latent cache + Whisper-tiny-shaped features at the default profile's shapes
 (latent (C, h, w) from params.yaml's model.vae and model.image_size, M / F / k from model; 75-frame
@@ -36,9 +36,9 @@ def rss_mb() -> float:
 
 def build(tmp: Path, clips: int, n_frames: int, shape: tuple[int, int, int], layers: int, dim: int) -> None:
     import numpy as np
-
     from latents_fixture import make_manifest_only
-    from stages import latent_cache as lc
+
+    from talk.data import latent_cache as lc
 
     ids = {f"clip{i:04d}": n_frames for i in range(clips)}
     make_manifest_only(tmp / "crops", ids, speakers=8)
@@ -78,8 +78,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stages import params as P
-    from stages.dataset import InfiniteSampler, LatentDataset
+    from talk.core import params as P
+    from talk.data.windows import InfiniteSampler, LatentDataset
 
     params = P.load(ROOT / "params.yaml")
     m = params.model
@@ -106,7 +106,7 @@ def main() -> None:
             c, t = ds.locate(i)
             frames = [0] + [max(u, 0) for u in range(t - m.motion_frames, t)] + list(range(t, t + m.target_frames))
             plan.append((ds.clip_ids[c].encode(), frames))
-        from stages.latent_cache import HEADER
+        from talk.data.latent_cache import HEADER
 
         def raw(k: int) -> None:
             key, frames = plan[k]

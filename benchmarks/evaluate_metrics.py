@@ -37,7 +37,7 @@ def load_clips(n_frames: int, size: int):
     import cv2
     import numpy as np
 
-    from stages import media
+    from talk.media import io as media
 
     clips, decode_s, decoded = [], 0.0, 0
     if SAMPLES.is_dir():
@@ -80,9 +80,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stages import judges
-    from stages.metrics import image, sync
-    from stages.metrics.face import FaceAnalyzer
+    from talk.evaluation import judges
+    from talk.evaluation.metrics import image, sync
+    from talk.evaluation.metrics.face import FaceAnalyzer
 
     console = Console()
     clips, base_s, source = load_clips(args.frames, args.size)

@@ -46,9 +46,9 @@ def main() -> None:
 
     from prior_fixture import make_prior_fixture
 
-    from stages import params as P
-    from stages import runtime
-    from stages.pretrain_prior import run
+    from talk.core import params as P
+    from talk.core import runtime
+    from talk.stages.pretrain_prior import run
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -66,10 +66,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from models.sampling import guidance_branches
-    from stages import media
-    from stages import params as P
-    from stages import render as R
+    from talk.core import params as P
+    from talk.media import io as media
+    from talk.models.sampling import guidance_branches
+    from talk.stages import render as R
 
     torch.set_num_threads(args.threads)
     console = Console(width=150)
@@ -123,7 +123,7 @@ def main() -> None:
     t_file, _ = timed(lambda: pipe.render_to_file(out_mp4, image, audio, emotion="happy", show_progress=False), 1)
 
     # -- baselines measured in the same run
-    from models.sampling import GuidedDenoiser
+    from talk.models.sampling import GuidedDenoiser
 
     x1 = torch.randn(1, 1, spec.latent_channels, spec.latent_size, spec.latent_size)
     sigma1 = torch.full((1,), 1.0)

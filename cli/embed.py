@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage, user_errors
-from stages.errors import TalkError
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage, user_errors
+from talk.core.errors import TalkError
 
 
 def embed(
@@ -33,6 +33,6 @@ def embed(
     mode = "audio" if audio_only else "video" if video_only else "auto"
     run_stage(
         "embed", params_file, sets, dry_run,
-        sections=("base", "model", "crop_align", "audio_features", "pretrain_prior"),
+        sections=("base", "model", "crop_align", "audio_features", "pretrain_prior"), module="talk.inference.embed",
         clip=clip, out=out, mode=mode, neutral=neutral, prior_dir=prior, max_seconds=max_seconds,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage
 
 
 def evaluate(params_file: ParamsOpt = DEFAULT_PARAMS, sets: SetOpt = None, dry_run: DryRunOpt = False) -> None:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import cli  # noqa: F401  (sets HF_HUB_OFFLINE before anything hub-aware loads)
 import typer
 
-from cli.audio_features import audio_features
-from cli.cache_latents import cache_latents
-from cli.crop_align import crop_align
-from cli.discover import discover
-from cli.doctor import doctor
-from cli.evaluate import evaluate
-from cli.embed import embed
-from cli.finetune_disc import finetune_disc
-from cli.fit_vae import fit_vae
-from cli.preprocess import preprocess
-from cli.pretrain_prior import pretrain_prior
-from cli.render import render
-from cli.sample_data import sample_data
-from cli.train import train
-from cli.train_diffusion import train_diffusion
+import talk  # noqa: F401  (sets HF_HUB_OFFLINE before anything hub-aware loads)
+from talk.cli.audio_features import audio_features
+from talk.cli.cache_latents import cache_latents
+from talk.cli.crop_align import crop_align
+from talk.cli.discover import discover
+from talk.cli.doctor import doctor
+from talk.cli.embed import embed
+from talk.cli.evaluate import evaluate
+from talk.cli.finetune_disc import finetune_disc
+from talk.cli.fit_vae import fit_vae
+from talk.cli.preprocess import preprocess
+from talk.cli.pretrain_prior import pretrain_prior
+from talk.cli.render import render
+from talk.cli.sample_data import sample_data
+from talk.cli.train import train
+from talk.cli.train_diffusion import train_diffusion
 
 app = typer.Typer(
     name="talk",

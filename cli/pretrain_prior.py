@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_stage
 
 
 def pretrain_prior(

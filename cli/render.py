@@ -14,9 +14,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, load, print_config, user_errors
-from stages import runtime
-from stages.errors import TalkError
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, load, print_config, user_errors
+from talk.core import runtime
+from talk.core.errors import TalkError
 
 SECTIONS = ("base", "paths", "model", "render")
 
@@ -67,7 +67,7 @@ def render(
         return
     with user_errors():
         runtime.setup(params.base)
-        from stages import render as R
+        from talk.stages import render as R
 
         if image is None and audio is None and batch is None:
             R.run(params)
@@ -93,7 +93,7 @@ def render(
 
 def _job(R, image: Path, audio: Path, emotion: str, level, blend, emotion_from, style_from) -> dict:
     """Check the inputs before loading any model (fast one-line errors)."""
-    from stages import media
+    from talk.media import io as media
 
     if not image.is_file():
         raise TalkError(f"image not found: {image}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_sequence
+from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, run_sequence
 
 PIPELINE: tuple[str, ...] = ("pretrain_prior", "train_diffusion", "finetune_disc")
 

@@ -26,7 +26,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from torch import nn
 
-from models.denoiser_config import ConditioningConfig
+from talk.models.denoiser_config import ConditioningConfig
 
 
 class AudioProjection(nn.Module):

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.conditioning import ConditionEncoder, install_processors, pack_context, set_ip_scales
-from models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
-from models.diffusion import NoiseSchedule
+from talk.models.conditioning import ConditionEncoder, install_processors, pack_context, set_ip_scales
+from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
+from talk.models.diffusion import NoiseSchedule
 
 CONDITIONS = ("ref", "motion", "audio", "emotion", "style")  # what a ``keep`` mask can drop
 

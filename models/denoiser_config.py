@@ -1,6 +1,6 @@
 """Architecture configs of the denoiser family (nested into ``model:`` of params.yaml).
 
-Torch-free on purpose: stages/params.py imports this module to type ``model.denoiser`` etc., and
+Torch-free on purpose: talk/core/params.py imports this module to type ``model.denoiser`` etc., and
 `talk --help` must stay fast. The modules they configure live in models/denoiser.py,
 models/conditioning.py, models/diffusion.py and models/discriminator.py.
 """
@@ -8,6 +8,8 @@ models/conditioning.py, models/diffusion.py and models/discriminator.py.
 from __future__ import annotations
 
 import dataclasses
+
+from talk.models.errors import ConfigError
 
 BACKBONES = ("frame", "clip")
 SCHEDULERS = ("ddpm", "ddim", "euler")
@@ -39,23 +41,22 @@ class DenoiserConfig:
     svd_noise_aug: float = dataclasses.field(default=0.02, metadata={"range": (0.0, None)})  # clip: SVD added-time id "noise augmentation strength"
 
     def validate(self) -> None:
-        from stages.errors import TalkError
 
         if len(self.attention_levels) != len(self.block_out_channels):
-            raise TalkError(
+            raise ConfigError(
                 f"model.denoiser.attention_levels has {len(self.attention_levels)} entries, "
                 f"block_out_channels {len(self.block_out_channels)}"
             )
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups or c % self.attention_head_dim]
         if bad:
-            raise TalkError(
+            raise ConfigError(
                 f"model.denoiser widths {bad} are not multiples of norm_num_groups={self.norm_num_groups} "
                 f"and attention_head_dim={self.attention_head_dim}"
             )
         if self.backbone == "clip" and not self.pretrained and any(c % 32 for c in self.block_out_channels):
-            raise TalkError("model.denoiser.block_out_channels: the clip backbone's resnets use 32 groups; widths must be multiples of 32")
+            raise ConfigError("model.denoiser.block_out_channels: the clip backbone's resnets use 32 groups; widths must be multiples of 32")
         if self.backbone == "frame" and not any(self.attention_levels):
-            raise TalkError("model.denoiser.attention_levels: the frame backbone needs attention on at least one level")
+            raise ConfigError("model.denoiser.attention_levels: the frame backbone needs attention on at least one level")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from models.denoiser_config import DiffusionConfig
+from talk.models.denoiser_config import DiffusionConfig
 
 
 def make_scheduler(cfg: DiffusionConfig):

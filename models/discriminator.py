@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from models.denoiser_config import DiscriminatorConfig
-from models.emotions import EMOTIONS, LEVELS, N_JOINT_CLASSES
+from talk.models.denoiser_config import DiscriminatorConfig
+from talk.models.emotions import EMOTIONS, LEVELS, N_JOINT_CLASSES
 
 
 def n_classes(cfg: DiscriminatorConfig) -> int:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.prior_config import EmotionBankConfig
+from talk.models.prior_config import EmotionBankConfig
 
 __all__ = ["BankOutput", "EmotionBank", "EmotionBankConfig", "VQResult", "vector_quantize"]
 

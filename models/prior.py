@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.prior_config import HEADS, VISUAL_DIM, EmotionBankConfig, PriorConfig
+from talk.models.prior_config import HEADS, VISUAL_DIM, EmotionBankConfig, PriorConfig
 
 __all__ = [
     "HEADS",
@@ -279,7 +279,7 @@ class PriorModel(nn.Module):
 
     def __init__(self, prior: PriorConfig, bank: EmotionBankConfig):
         super().__init__()
-        from models.emotion_bank import EmotionBank
+        from talk.models.emotion_bank import EmotionBank
 
         if bank.emb_dim != prior.emb_dim:
             raise ValueError(f"bank.emb_dim={bank.emb_dim} differs from prior.emb_dim={prior.emb_dim}")

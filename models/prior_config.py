@@ -1,7 +1,7 @@
 """Architecture configs of the emotion / style prior and the Emotion Bank (torch-free).
 
 They are fields of ``model`` in params.yaml (``model.prior``, ``model.bank``), so
-stages/params.py imports this module on every `talk` command: it must not import torch. The
+talk/core/params.py imports this module on every `talk` command: it must not import torch. The
 modules themselves live in models/prior.py and models/emotion_bank.py, which re-export these.
 """
 
@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from talk.models.errors import ConfigError
+
 HEADS = ("emotion", "style")  # emotion: DICE-Talk §3.1 (identity-agnostic); style: SVP §3.2 (speaker style)
 LANDMARKS = 68  # dlib 68-point layout of the visual input
 VISUAL_DIM = 2 * LANDMARKS  # (x, y) per landmark, flattened
 
 
-def _err(message: str) -> Exception:
-    from stages.errors import TalkError
-
-    return TalkError(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +45,11 @@ class PriorConfig:
     def validate(self) -> None:
         bad = [h for h in self.heads if h not in HEADS]
         if bad or not self.heads or len(set(self.heads)) != len(self.heads):
-            raise _err(f"model.prior.heads: {list(self.heads)} must be distinct names from {', '.join(HEADS)}")
+            raise ConfigError(f"model.prior.heads: {list(self.heads)} must be distinct names from {', '.join(HEADS)}")
         if self.width % self.attn_heads:
-            raise _err(f"model.prior.attn_heads={self.attn_heads} does not divide model.prior.width={self.width}")
+            raise ConfigError(f"model.prior.attn_heads={self.attn_heads} does not divide model.prior.width={self.width}")
         if self.logvar_min >= self.logvar_max:
-            raise _err("model.prior.logvar_min must be below model.prior.logvar_max")
+            raise ConfigError("model.prior.logvar_min must be below model.prior.logvar_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,4 +76,4 @@ class EmotionBankConfig:
 
     def validate(self) -> None:
         if self.code_dim % self.attn_heads:
-            raise _err(f"model.bank.attn_heads={self.attn_heads} does not divide model.bank.code_dim={self.code_dim}")
+            raise ConfigError(f"model.bank.attn_heads={self.attn_heads} does not divide model.bank.code_dim={self.code_dim}")

@@ -15,7 +15,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from models.vae_config import OWN, VaeConfig
+from talk.models.vae_config import OWN, VaeConfig
 
 __all__ = ["OWN", "VaeConfig", "LossWeights", "build_vae", "vae_loss", "gradient_loss", "kl_loss", "psnr", "ssim"]
 

@@ -1,12 +1,14 @@
 """Architecture config of the image autoencoder (``model.vae`` in params.yaml; torch-free).
 
-stages/params.py imports this module on every `talk` command, so it must not import torch. The
+talk/core/params.py imports this module on every `talk` command, so it must not import torch. The
 factory, losses and metrics live in models/vae.py, which re-exports ``VaeConfig``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+from talk.models.errors import ConfigError
 
 OWN = "own"  # VaeConfig.source: the small autoencoder trained by `talk fit-vae`
 
@@ -37,13 +39,12 @@ class VaeConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     def validate(self) -> None:
-        from stages.errors import TalkError
 
         if not self.source:
-            raise TalkError("model.vae.source: give 'own' or a local diffusers AutoencoderKL folder")
+            raise ConfigError("model.vae.source: give 'own' or a local diffusers AutoencoderKL folder")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
-            raise TalkError(
+            raise ConfigError(
                 f"model.vae.norm_num_groups={self.norm_num_groups} does not divide the widths {bad} "
                 f"of model.vae.block_out_channels"
             )

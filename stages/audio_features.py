@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from stages import media
-from stages.errors import TalkError
-from stages.fs import atomic_path, atomic_write_text
-from stages.params import one_of, rng
-from stages.runtime import console, log, progress
-from stages.whisper_ckpt import BUILTIN, encoder_sha256, load_whisper, locate
+from talk.audio.whisper_ckpt import BUILTIN, encoder_sha256, load_whisper, locate
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_path, atomic_write_text
+from talk.core.params import one_of, rng
+from talk.core.runtime import console, log, progress
+from talk.media import io as media
 
 __all__ = ["Config", "encode_audio", "load_whisper", "plan_windows", "encoder_states", "run"]
 
@@ -86,7 +86,7 @@ class Config:
 
     def pretrained(self, params) -> list:
         """`talk doctor`: where the Whisper weights are, or what will be converted."""
-        from stages.weights import Component
+        from talk.core.weights import Component
 
         name = "speech encoder (Whisper)"
         spec = f"audio_features.whisper = {self.whisper}"
@@ -322,7 +322,7 @@ def run(params) -> dict[str, Any]:
     import torch
     from rich.table import Table
 
-    from stages.runtime import device as pick_device
+    from talk.core.runtime import device as pick_device
 
     cfg: Config = params.audio_features
     rows = read_manifest(cfg.manifest)

@@ -1,4 +1,4 @@
-"""Stage ``cache_latents``: VAE posteriors of every cropped frame, in an LMDB (stages/latent_cache.py).
+"""Stage ``cache_latents``: VAE posteriors of every cropped frame, in an LMDB (talk/data/latent_cache.py).
 
 Diffusion training reads latents, never video (LDM §3: the denoiser works in the autoencoder's
 latent space). For each clip of the crop manifest this stage decodes ``frames.mp4``, encodes every
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import latent_cache as lc
-from stages import media
-from stages.errors import TalkError
-from stages.fit_vae import clip_frames_path, encode_frames, load_vae, read_crops, vae_identity
-from stages.params import one_of, rng
-from stages.runtime import console, log, progress
+from talk.core.errors import TalkError
+from talk.core.params import one_of, rng
+from talk.core.runtime import console, log, progress
+from talk.data import latent_cache as lc
+from talk.media import io as media
+from talk.stages.fit_vae import clip_frames_path, encode_frames, load_vae, read_crops, vae_identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ def run(params, verify_only: bool = False) -> dict[str, Any]:
     """Encode every clip not cached yet (or changed) and commit in batches; prune stale clips."""
     from rich.table import Table
 
-    from stages.runtime import device as pick_device
+    from talk.core.runtime import device as pick_device
 
     if verify_only:
         verify(params)

@@ -39,10 +39,12 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from stages import faces, media, runtime
-from stages.errors import TalkError
-from stages.fs import atomic_dir, atomic_path, atomic_write_text
-from stages.params import rng
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir, atomic_path, atomic_write_text
+from talk.core.params import rng
+from talk.media import faces
+from talk.media import io as media
 
 T = TypeVar("T")
 
@@ -173,7 +175,7 @@ def merge_shards(out: Path) -> pd.DataFrame:
 
 def fingerprint(row: dict, cfg: Config, size: int) -> str:
     """Config + input row + input files' size and mtime: a record with another fingerprint is redone."""
-    from stages.params import to_plain
+    from talk.core.params import to_plain
 
     stats = []
     for key in ("video_path", "audio_path"):

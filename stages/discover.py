@@ -37,11 +37,12 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from models.emotions import EMOTIONS, LEVELS
-from stages import media, runtime
-from stages.errors import TalkError
-from stages.fs import atomic_path
-from stages.params import rng
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_path
+from talk.core.params import rng
+from talk.media import io as media
+from talk.models.emotions import EMOTIONS, LEVELS
 
 COLUMNS = (
     "clip_id", "speaker", "emotion", "level", "video_path", "audio_path", "duration", "fps",

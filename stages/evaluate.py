@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.emotions import EMOTIONS
-from stages import judges, media
-from stages.errors import TalkError
-from stages.fs import atomic_dir
-from stages.metrics import distribution, image, landmarks, sync
-from stages.metrics.face import FaceAnalyzer, FaceTrack
-from stages.params import one_of, rng
-from stages.runtime import log, track
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir
+from talk.core.params import one_of, rng
+from talk.core.runtime import log, track
+from talk.evaluation import judges
+from talk.evaluation.metrics import distribution, image, landmarks, sync
+from talk.evaluation.metrics.face import FaceAnalyzer, FaceTrack
+from talk.media import io as media
+from talk.models.emotions import EMOTIONS
 
 RenderFn = Callable[[np.ndarray, np.ndarray, str, int], np.ndarray]
 ROWS = ("model", "real", "floor")  # scored rows: the renderer, the ceiling, the floor
@@ -68,7 +69,7 @@ class Config:
 
     def pretrained(self, params) -> list:
         """Optional evaluation weights, listed by `talk doctor`."""
-        from stages import weights
+        from talk.core import weights
 
         out = []
         if self.syncnet is not None:
@@ -95,7 +96,7 @@ def repeat_reference(ref_frame: np.ndarray, audio: np.ndarray, emotion: str, lev
 
 def trained_renderer(params) -> RenderFn:
     """The model row: the trained pipeline that ``params.render`` names, fed aligned crops."""
-    from stages.render import evaluation_renderer
+    from talk.stages.render import evaluation_renderer
 
     return evaluation_renderer(params)
 
@@ -302,7 +303,7 @@ class Scorer:
 
 def load_extras(cfg: Config, params) -> dict:
     """Optional paper-style metrics whose weights the user supplied (see stages.metrics.external)."""
-    from stages.metrics import external
+    from talk.evaluation.metrics import external
 
     out = {}
     if cfg.syncnet is not None:
@@ -427,7 +428,7 @@ def _json_safe(obj):
 
 def run(params, render_fn: RenderFn | None = None) -> dict:
     """Render and score every labelled clip of ``evaluate.split``; returns the per-row metrics."""
-    from stages import report
+    from talk.evaluation import report
 
     cfg: Config = params.evaluate
     df = read_manifest(cfg)

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.denoiser_config import DiscriminatorConfig
-from stages import runtime
-from stages.errors import TalkError
-from stages.fs import atomic_dir, atomic_write_text
-from stages.params import rng, to_plain
-from stages.train_diffusion import (
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir, atomic_write_text
+from talk.core.params import rng, to_plain
+from talk.models.denoiser_config import DiscriminatorConfig
+from talk.stages.train_diffusion import (
     ClipEmbeddings,
     LiveLog,
     Objective,
@@ -51,11 +51,11 @@ from stages.train_diffusion import (
     trainer_batch,
     validation_loss,
 )
-from stages.trainer import LoopConfig, StepResult, Trainer, generator, stage_fields, step_seed
+from talk.training.trainer import LoopConfig, StepResult, Trainer, generator, stage_fields, step_seed
 
 if TYPE_CHECKING:
-    from models.denoiser import TalkDenoiser
-    from models.discriminator import EmotionDiscriminator
+    from talk.models.denoiser import TalkDenoiser
+    from talk.models.discriminator import EmotionDiscriminator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ class JudgeObjective:
     def __call__(self, disc, batch: dict, g, step: int) -> StepResult:
         import torch
 
-        from models.discriminator import class_targets
+        from talk.models.discriminator import class_targets
 
         x0 = batch["target"]
         device = x0.device
@@ -135,8 +135,8 @@ class FinetuneObjective:
     def __call__(self, model, batch: dict, g, step: int) -> StepResult:
         import torch
 
-        from models.diffusion import sample_noise, training_loss
-        from models.discriminator import class_targets
+        from talk.models.diffusion import sample_noise, training_loss
+        from talk.models.discriminator import class_targets
 
         x0 = batch["target"]
         device = x0.device
@@ -166,7 +166,7 @@ def judge_accuracy(disc, net, objective: Objective, batches: list[dict], classes
     """
     import torch
 
-    from models.discriminator import class_targets
+    from talk.models.discriminator import class_targets
 
     schedule = objective.schedule
     bins = t_bins(schedule.num_timesteps)
@@ -193,7 +193,7 @@ def judge_accuracy(disc, net, objective: Objective, batches: list[dict], classes
 
 def _chance(batches: list[dict], classes: str) -> float | None:
     """Accuracy of always answering the most frequent class of these batches (a floor)."""
-    from models.discriminator import class_targets
+    from talk.models.discriminator import class_targets
 
     labels = []
     for batch in batches:
@@ -219,8 +219,8 @@ def finetune(
     val_split: str = "val",
 ) -> dict:
     """Both phases (each resumable), the figures, and the export of ``cfg.out``."""
-    from models.denoiser import make_schedule
-    from models.discriminator import EmotionDiscriminator
+    from talk.models.denoiser import make_schedule
+    from talk.models.discriminator import EmotionDiscriminator
 
     denoiser = denoiser.train()
     if hasattr(denoiser.emotion_bank, "readout"):
@@ -272,7 +272,7 @@ def finetune(
                               "after": validation_loss(tuned, objective, val, seed, dev)}
             live.metrics(offset + tuner.step, {"loss": metrics["val"]["after"]["loss"]}, "val")
         if cfg.preview.samples and decoder_path is not None:
-            from stages.train_diffusion import Decoder, latent_psnr, preview_grid
+            from talk.stages.train_diffusion import Decoder, latent_psnr, preview_grid
 
             pb = trainer_batch(fixed_batch(val_set, cfg.preview.samples), dev)
             sampled = sample_latents(tuned, pb, objective, cfg.preview, seed, dev)
@@ -311,9 +311,9 @@ def load_discriminator(path: Path | str, device: Any = "cpu") -> EmotionDiscrimi
     """The discriminator saved beside a fine-tuned denoiser."""
     from safetensors.torch import load_file
 
-    from models.discriminator import EmotionDiscriminator
-    from stages.params import parse
-    from stages.train_diffusion import read_config
+    from talk.core.params import parse
+    from talk.models.discriminator import EmotionDiscriminator
+    from talk.stages.train_diffusion import read_config
 
     path = Path(path)
     config = read_config(path)

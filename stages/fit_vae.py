@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from stages import media
-from stages.errors import TalkError
-from stages.fs import atomic_dir
-from stages.params import rng
-from stages.runtime import console, log, progress
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir
+from talk.core.params import rng
+from talk.core.runtime import console, log, progress
+from talk.media import io as media
 
 __all__ = [
     "Config", "run", "load_vae", "save_vae", "vae_identity", "encode_frames", "decode_latents",
@@ -76,7 +76,7 @@ class Config:
 
     def pretrained(self, params) -> list:
         """For `talk doctor`: the pretrained VAE folder, when ``model.vae.source`` names one."""
-        from stages import weights
+        from talk.core import weights
 
         src = params.model.vae.source
         if params.model.vae.is_own:
@@ -209,8 +209,8 @@ def decode_latents(vae, z, chunk: int = 16, scaling_factor: float | None = None)
 
 
 def read_crops(crops: Path):
-    """The crop manifest (docs/pipeline.md "Crops"), checked; see stages/clip_dataset.py."""
-    from stages.clip_dataset import read_manifest
+    """The crop manifest (docs/pipeline.md "Crops"), checked; see talk/data/clips.py."""
+    from talk.data.clips import read_manifest
 
     return read_manifest(Path(crops))
 
@@ -279,7 +279,7 @@ def train(vae, frames: np.ndarray, cfg: Config, seed: int, device) -> list[dict]
     """Optimise ``vae`` on random patches of ``frames`` (N, S, S, 3) uint8; returns the loss log."""
     import torch
 
-    from models.vae import LossWeights, vae_loss
+    from talk.models.vae import LossWeights, vae_loss
 
     w = LossWeights(l1=cfg.l1, l2=cfg.l2, gradient=cfg.gradient, kl=cfg.kl)
     g = np.random.default_rng([seed, 1])
@@ -332,7 +332,7 @@ def reconstruction_metrics(vae, frames: np.ndarray, chunk: int) -> dict[str, flo
     """PSNR (dB) and SSIM of frames decoded from their posterior mean, averaged over frames."""
     import torch
 
-    from models.vae import psnr, ssim
+    from talk.models.vae import psnr, ssim
 
     mean, _ = encode_frames(vae, frames, chunk)
     rec = decode_latents(vae, mean, chunk, scaling_factor=1.0)  # (N, H, W, 3) uint8
@@ -362,8 +362,8 @@ def run(params) -> dict[str, Any]:
     import torch
     from rich.table import Table
 
-    from models.vae import build_vae
-    from stages.runtime import device as pick_device
+    from talk.core.runtime import device as pick_device
+    from talk.models.vae import build_vae
 
     cfg: Config = params.fit_vae
     mcfg = params.model.vae

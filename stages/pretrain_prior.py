@@ -31,18 +31,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.emotions import EMOTIONS
-from models.prior_config import EmotionBankConfig, PriorConfig
-from stages import runtime
-from stages.errors import TalkError
-from stages.fs import atomic_dir, atomic_path, read_artifact_config
-from stages.params import one_of, parse, rng, to_plain
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir, atomic_path, read_artifact_config
+from talk.core.params import one_of, parse, rng, to_plain
+from talk.models.emotions import EMOTIONS
+from talk.models.prior_config import EmotionBankConfig, PriorConfig
 
 if TYPE_CHECKING:
     import torch
 
-    from models.prior import PriorModel
-    from stages.clip_dataset import ClipSet
+    from talk.data.clips import ClipSet
+    from talk.models.prior import PriorModel
 
 FORMAT = "talk-prior"
 VERSION = 1
@@ -216,7 +216,7 @@ class PriorBundle:
 
 def build_model(config: dict) -> PriorModel:
     """Rebuild the modules from a saved config.json (never from the code's defaults)."""
-    from models.prior import PriorModel
+    from talk.models.prior import PriorModel
 
     prior = parse(PriorConfig, config["prior"], "config.json prior")
     bank = parse(EmotionBankConfig, config["bank"], "config.json bank")
@@ -282,7 +282,7 @@ def _ids(data: ClipSet, indices: list[int], device) -> _Ids:
 
 
 def _head_loss(model: PriorModel, head: str, mu, logvar, ids: _Ids, cfg: Config, generator, cross_speaker: bool = True):
-    from models.prior import emotion_pairs, style_pairs
+    from talk.models.prior import emotion_pairs, style_pairs
 
     if head == "emotion":
         target, weight = emotion_pairs(ids.emotion, ids.level, ids.speaker, ids.clip, cfg.level_target, cross_speaker)
@@ -319,7 +319,7 @@ def train(model: PriorModel, data: ClipSet, cfg: Config, seed: int, device) -> d
     import torch
     import torch.nn.functional as F
 
-    from models.prior import kl_standard_normal, sample_gaussian
+    from talk.models.prior import kl_standard_normal, sample_gaussian
 
     heads = model.heads
     pool = data.indices("train") if "style" in heads else data.indices("train", labelled=True)
@@ -589,8 +589,8 @@ def run(params, import_presets: Path | None = None, trust_pickle: bool = False, 
     import torch
     from safetensors.torch import save_file
 
-    from models.prior import PriorModel
-    from stages.clip_dataset import ClipSet
+    from talk.data.clips import ClipSet
+    from talk.models.prior import PriorModel
 
     cfg: Config = params.pretrain_prior
     if import_presets is not None:

@@ -10,7 +10,7 @@ DICE-Talk §3.4 / SVP §3.4 inference, assembled from the trained artefacts:
 3. the emotion is a Gaussian from the prior's presets (``--emotion``; ``--intensity`` moves its mean
    from the neutral preset towards the emotion's level presets; ``--blend`` mixes presets), or the
    embedding of a reference clip (``--emotion-from``); the style (SVP) likewise (``--style-from``);
-4. frames are generated with the motion context the denoiser was trained with (stages/dataset.py:
+4. frames are generated with the motion context the denoiser was trained with (talk/data/windows.py:
    target frame t sees the M frames t-M .. t-1). Default ``schedule: rolling`` (diagonal
    denoising, FIFO-Diffusion, Kim et al. 2024): a queue of ``steps`` consecutive frames at
    decreasing noise levels moves one Euler step per iteration in ONE batched forward, a finished
@@ -56,12 +56,12 @@ from typing import Any
 
 import numpy as np
 
-from models.emotions import EMOTIONS
-from stages import media
-from stages.errors import TalkError
-from stages.fs import atomic_path
-from stages.params import one_of, rng
-from stages.runtime import console
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_path
+from talk.core.params import one_of, rng
+from talk.core.runtime import console
+from talk.media import io as media
+from talk.models.emotions import EMOTIONS
 
 FPS = media.VIDEO_FPS  # 25 frames/s
 HOP = media.AUDIO_RATE // FPS  # 640 audio samples (16 kHz) per video frame
@@ -342,7 +342,7 @@ def audio_windows(feats, frames: Sequence[int], k: int):
     """
     import torch
 
-    from stages.dataset import audio_window_indices
+    from talk.data.windows import audio_window_indices
 
     idx = audio_window_indices(np.asarray(list(frames)), k, feats.shape[0])  # (F, k)
     return feats[torch.from_numpy(idx).to(feats.device)].float()
@@ -388,7 +388,7 @@ def _check_dir(kind: str, path: Path, needs: Sequence[str]) -> Path:
 def load_vae(path: Path, device):
     """(AutoencoderKL in eval mode, scaling factor) from fit_vae's folder."""
     _check_dir("vae", path, ["config.json"])
-    from stages import fit_vae
+    from talk.stages import fit_vae
 
     vae, scale, _ = fit_vae.load_vae(path, device)
     return vae, float(scale)
@@ -396,7 +396,7 @@ def load_vae(path: Path, device):
 
 def load_prior(path: Path, device):
     _check_dir("prior", path, ["config.json", "model.safetensors"])
-    from stages.pretrain_prior import load_prior as _load
+    from talk.stages.pretrain_prior import load_prior as _load
 
     return _load(path, device)
 
@@ -404,12 +404,12 @@ def load_prior(path: Path, device):
 def load_denoiser(path: Path, device):
     """(TalkDenoiser, NoiseSchedule) from a train_diffusion / finetune_disc folder."""
     _check_dir("denoiser", path, ["config.json"])
-    from stages.train_diffusion import load_denoiser as _load
+    from talk.stages.train_diffusion import load_denoiser as _load
 
     loaded = _load(path, device)
     net, schedule = loaded if isinstance(loaded, tuple) else (loaded, None)
     if schedule is None:
-        from models.denoiser import make_schedule
+        from talk.models.denoiser import make_schedule
 
         schedule = make_schedule(net.spec)
     return net.to(device).eval().requires_grad_(False), schedule.to(device)
@@ -429,7 +429,7 @@ def embed_reference(path: Path, prior, whisper, head: str, chunking: dict, face=
                 return np.asarray(z[f"{prefix}mu"], np.float32).reshape(-1), np.asarray(z[f"{prefix}logvar"], np.float32).reshape(-1)
         except (OSError, ValueError) as e:
             raise TalkError(f"{path}: not a readable .npz ({type(e).__name__})") from None
-    from stages import embed
+    from talk.inference import embed
 
     result = embed.embed_clip(path, prior, whisper, chunking, face=face, image_size=image_size)
     mu, logvar = result[f"{prefix}mu"], result[f"{prefix}logvar"]
@@ -476,7 +476,7 @@ class TalkPipeline:
                  settings: Config | None = None, chunking: dict | None = None, device="cpu"):
         import torch
 
-        from models.diffusion import KarrasDenoiser
+        from talk.models.diffusion import KarrasDenoiser
 
         self.vae, self.vae_scale = vae, vae_scale
         self.prior, self.denoiser, self.schedule = prior, denoiser, schedule
@@ -504,18 +504,18 @@ class TalkPipeline:
             den = root / "diffusion"
         cfg = dataclasses.replace(Config(), vae=root / "vae", prior=root / "prior", denoiser=den, **settings)
         cfg.validate()
-        from stages.faces import FaceConfig
-        from stages.params import Paths
-        from stages.whisper_ckpt import BUILTIN
+        from talk.audio.whisper_ckpt import BUILTIN
+        from talk.core.params import Paths
+        from talk.media.faces import FaceConfig
 
         return cls.build(cfg, whisper=whisper or BUILTIN, cache_dir=cache_dir or Paths().cache,
                          face=face or FaceConfig(), device=device)
 
     @classmethod
     def from_params(cls, params, device: str | None = None, **settings) -> TalkPipeline:
-        from stages.faces import FaceConfig
-        from stages.runtime import device as pick_device
-        from stages.whisper_ckpt import BUILTIN
+        from talk.audio.whisper_ckpt import BUILTIN
+        from talk.core.runtime import device as pick_device
+        from talk.media.faces import FaceConfig
 
         cfg = dataclasses.replace(params.render, **settings) if settings else params.render
         cfg.validate()
@@ -536,8 +536,8 @@ class TalkPipeline:
         """Load every artefact named by ``cfg`` (a missing one is a TalkError naming its stage)."""
         import torch
 
-        from stages.faces import Aligner
-        from stages.whisper_ckpt import load_whisper
+        from talk.audio.whisper_ckpt import load_whisper
+        from talk.media.faces import Aligner
 
         device = torch.device(device)
         # check all three before loading any (one message per missing artefact, the first one wins)
@@ -602,7 +602,7 @@ class TalkPipeline:
             # picture px -> crop px (a scaling), so paste-back returns the picture's size
             sx, sy = S / picture.shape[1], S / picture.shape[0]
             M = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]], np.float32)
-        from stages.fit_vae import encode_frames
+        from talk.stages.fit_vae import encode_frames
 
         mean, _ = encode_frames(self.vae, face[None])  # (1, C, h, w), unscaled posterior mean
         lat = (mean[0] * self.vae_scale).to(self.device)  # (C, h, w)
@@ -613,7 +613,7 @@ class TalkPipeline:
         are cast to float32 when cut (``audio_windows``), so hours of audio stay small."""
         import torch
 
-        from stages.audio_features import encode_audio
+        from talk.stages.audio_features import encode_audio
 
         feats = encode_audio(samples, n_frames, self.whisper, **self.chunking)
         return torch.from_numpy(feats).to(self.device)
@@ -650,7 +650,7 @@ class TalkPipeline:
 
     def guided(self, scales: dict[str, float], style: bool):
         """The multi-branch guided denoiser (one batched forward per call)."""
-        from models.sampling import GuidedDenoiser
+        from talk.models.sampling import GuidedDenoiser
 
         order = ("ref", "audio", "emotion") + (("style",) if style else ())
         return GuidedDenoiser(self.karras, {k: v for k, v in scales.items() if k in order}, order)
@@ -667,7 +667,7 @@ class TalkPipeline:
 
     def _noise(self, frames: Sequence[int], seed: int, shared: bool):
         """Unit noise (F, C, h, w) for the given frame indices, from per-frame (or one shared) seeds."""
-        from models.sampling import per_sample_noise
+        from talk.models.sampling import per_sample_noise
 
         c, s = self.spec.latent_channels, self.spec.latent_size
         seeds = [seed] * len(frames) if shared else [seed * 1_000_003 + t for t in frames]
@@ -691,7 +691,7 @@ class TalkPipeline:
         """
         import torch
 
-        from models import sampling
+        from talk.models import sampling
 
         cfg = cfg or self.settings
         spec = self.spec
@@ -743,7 +743,7 @@ class TalkPipeline:
         A queue holds ``steps`` consecutive frames at decreasing noise levels; each iteration moves
         every queued frame one Euler step down in ONE batched forward (all guidance branches of
         all rows), a finished frame leaves, a fresh one enters. Each frame's motion context is its
-        own M previous frames (as in training, stages/dataset.py): final latents, or the current
+        own M previous frames (as in training, talk/data/windows.py): final latents, or the current
         denoised estimate of a frame still in the queue (one noise level lower). Cost per frame:
         one row per step, as in window mode.
         """
@@ -806,7 +806,7 @@ class TalkPipeline:
         """
         import torch
 
-        from models.sampling import guidance_branches
+        from talk.models.sampling import guidance_branches
 
         branches = guidance_branches({k: v for k, v in scales.items() if k in order}, order)
         full = [({c: True for c in order}, 1.0)]
@@ -826,7 +826,7 @@ class TalkPipeline:
 
     def decode(self, latents) -> np.ndarray:
         """Scaled latents (n, C, h, w) -> RGB uint8 frames (n, S, S, 3), ``decode_batch`` at a time."""
-        from stages.fit_vae import decode_latents
+        from talk.stages.fit_vae import decode_latents
 
         return decode_latents(self.vae, latents, chunk=self.settings.decode_batch, scaling_factor=self.vae_scale)
 
@@ -857,7 +857,7 @@ class TalkPipeline:
         mask = feather_mask(self.image_size, cfg.feather) if paste else None
 
         def frames() -> Iterator[np.ndarray]:
-            from stages.runtime import progress
+            from talk.core.runtime import progress
 
             with progress(FpsColumn()) as bar:
                 task = bar.add_task("render", total=n, visible=show_progress)
@@ -1046,7 +1046,7 @@ def run(params) -> dict:
     import cv2
     from rich.table import Table
 
-    from stages.fs import atomic_dir
+    from talk.core.fs import atomic_dir
 
     cfg: Config = params.render
     for p, what in ((cfg.demo_image, "render.demo_image"), (cfg.demo_audio, "render.demo_audio")):
@@ -1066,7 +1066,7 @@ def run(params) -> dict:
     table = Table(title=f"render -> {cfg.out}")
     for col in ("emotion", "frames", "wall s", "frames/s"):
         table.add_column(col, justify="right" if col != "emotion" else "left")
-    from stages.runtime import progress
+    from talk.core.runtime import progress
 
     with atomic_dir(cfg.out) as tmp, progress(FpsColumn()) as bar:
         task = bar.add_task("render demo", total=n * len(cfg.emotions))

@@ -6,10 +6,10 @@ exactly, so that emotion control and lip sync can be *measured* (METHOD.md §1 "
 emotions x 3 levels, frontal view; HDTF-like in-the-wild talking):
 
 - ``<out>/<speaker>/video/front/<emotion>/level_<k>/<nnn>.mp4``: 25 fps H.264 + AAC, the portrait
-  warped over its dlib landmarks (stages/expressions.py): the emotion's brows, lids, mouth
+  warped over its dlib landmarks (talk/synthesis/expressions.py): the emotion's brows, lids, mouth
   corners, lips and jaw at the level's intensity; the mouth opening following the speech
   loudness frame by frame, with a painted mouth cavity; blinks; small head motion. The speech
-  is a real utterance re-spoken with the emotion's pitch, tempo and energy (stages/prosody.py).
+  is a real utterance re-spoken with the emotion's pitch, tempo and energy (talk/synthesis/prosody.py).
   Neutral clips sit in ``level_1`` only, as in MEAD, with as many clips as the other emotions
   have over all levels.
 - ``<nnn>.gt.csv`` beside each clip: per frame ``frame, mouth_open`` (inner-lip gap / inter-ocular
@@ -37,12 +37,14 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from models.emotions import EMOTIONS, LEVELS
-from stages import expressions as E
-from stages import media, prosody, runtime
-from stages.errors import TalkError
-from stages.fs import atomic_dir
-from stages.params import rng
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir
+from talk.core.params import rng
+from talk.media import io as media
+from talk.models.emotions import EMOTIONS, LEVELS
+from talk.synthesis import expressions as E
+from talk.synthesis import prosody
 
 DEFAULT_IDENTITIES = ("W001", "M001", "M002", "W002", "W003", "W004")
 

@@ -15,7 +15,7 @@ and clip_embeddings.npz) and ``vae`` (fit_vae, to decode preview samples). Write
 - ``work`` (artifacts/diffusion_train): ``checkpoints/`` (resumable, kept between runs),
   ``live/`` (dvclive: loss curves, preview frames), ``metrics.json``.
 
-Multi-GPU: ``accelerate launch --multi_gpu --num_processes N -m cli.main train-diffusion`` (stages/trainer.py).
+Multi-GPU: ``accelerate launch --multi_gpu --num_processes N -m talk.cli.main train-diffusion`` (talk/training/trainer.py).
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages import runtime
-from stages.errors import TalkError
-from stages.fs import atomic_dir, atomic_write_text, read_artifact_config
-from stages.params import one_of, rng, to_plain
-from stages.trainer import LoopConfig, StepResult, Trainer, stage_fields
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir, atomic_write_text, read_artifact_config
+from talk.core.params import one_of, rng, to_plain
+from talk.training.trainer import LoopConfig, StepResult, Trainer, stage_fields
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from models.denoiser import DenoiserSpec, TalkDenoiser
+    from talk.models.denoiser import DenoiserSpec, TalkDenoiser
 
 FORMAT = "talk-denoiser"
 VERSION = 1
@@ -151,7 +151,7 @@ class ClipEmbeddings:
 
 def make_spec(model_params, shapes: dict, bank_cfg, style_dim: int) -> DenoiserSpec:
     """The denoiser's spec from ``params.model`` and the data's shapes (read from a sample)."""
-    from models.denoiser import DenoiserSpec
+    from talk.models.denoiser import DenoiserSpec
 
     c, h, w = shapes["ref"]
     if h != w:
@@ -189,7 +189,7 @@ def make_spec(model_params, shapes: dict, bank_cfg, style_dim: int) -> DenoiserS
 
 def pretrained_backbone(spec: DenoiserSpec) -> nn.Module | None:
     """Load ``model.denoiser.pretrained`` (a local diffusers UNet folder) and widen its conv_in."""
-    from models.denoiser import backbone_class, expand_conv_in
+    from talk.models.denoiser import backbone_class, expand_conv_in
 
     if not spec.denoiser.pretrained:
         return None
@@ -208,7 +208,7 @@ def pretrained_backbone(spec: DenoiserSpec) -> nn.Module | None:
 
 
 def build_denoiser(spec: DenoiserSpec, bank: nn.Module, backbone: nn.Module | None = None) -> TalkDenoiser:
-    from models.denoiser import TalkDenoiser
+    from talk.models.denoiser import TalkDenoiser
 
     if backbone is not None:
         spec = dataclasses.replace(spec, unet=dict(backbone.config))
@@ -230,7 +230,7 @@ def save_denoiser(model: TalkDenoiser, folder: Path, extra: dict | None = None) 
     """config.json + model.safetensors + scheduler_config.json into ``folder`` (already a temp dir)."""
     from safetensors.torch import save_file
 
-    from models.diffusion import make_scheduler
+    from talk.models.diffusion import make_scheduler
 
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -257,7 +257,7 @@ def load_denoiser(path: Path | str, device: Any = "cpu", bank_factory=None) -> T
     """
     from safetensors.torch import load_file
 
-    from models.denoiser import DenoiserSpec, TalkDenoiser
+    from talk.models.denoiser import DenoiserSpec, TalkDenoiser
 
     path = Path(path)
     config = read_config(path)
@@ -265,8 +265,8 @@ def load_denoiser(path: Path | str, device: Any = "cpu", bank_factory=None) -> T
     if not weights.is_file():
         raise TalkError(f"{weights} not found")
     if bank_factory is None:
-        from models.emotion_bank import EmotionBank, EmotionBankConfig
-        from stages.params import parse
+        from talk.core.params import parse
+        from talk.models.emotion_bank import EmotionBank, EmotionBankConfig
 
         def bank_factory(d):
             return EmotionBank(parse(EmotionBankConfig, d, "config.json emotion_bank"))
@@ -306,7 +306,7 @@ class Objective:
     def __call__(self, model, batch: dict, g, step: int) -> StepResult:
         import torch
 
-        from models.diffusion import sample_noise, training_loss
+        from talk.models.diffusion import sample_noise, training_loss
 
         x0 = batch["target"]  # (B, F, C, h, w)
         device = x0.device
@@ -327,8 +327,8 @@ def validation_loss(model, objective: Objective, batches, seed: int, device) -> 
     """Unweighted denoising MSE per noise-level bin on fixed draws (all conditions kept)."""
     import torch
 
-    from models.diffusion import sample_noise, training_loss
-    from stages.trainer import generator, step_seed
+    from talk.models.diffusion import sample_noise, training_loss
+    from talk.training.trainer import generator, step_seed
 
     bins = t_bins(objective.schedule.num_timesteps)
     sums = np.zeros(len(bins))
@@ -357,9 +357,9 @@ def sample_latents(model: TalkDenoiser, batch: dict, objective: Objective, previ
     """Sample target windows for a batch with per-sample seeds and multi-branch guidance."""
     import torch
 
-    from models.diffusion import KarrasDenoiser
-    from models.sampling import GuidedDenoiser, get_sigmas, per_sample_noise, sample
-    from stages.trainer import generator, step_seed
+    from talk.models.diffusion import KarrasDenoiser
+    from talk.models.sampling import GuidedDenoiser, get_sigmas, per_sample_noise, sample
+    from talk.training.trainer import generator, step_seed
 
     schedule = objective.schedule
     guided = GuidedDenoiser(KarrasDenoiser(model, schedule), preview.scales(objective.style))
@@ -381,13 +381,13 @@ class Decoder:
     """fit_vae's autoencoder as scaled latents -> RGB uint8 (previews)."""
 
     def __init__(self, path: Path, device):
-        from stages.fit_vae import load_vae
+        from talk.stages.fit_vae import load_vae
 
         self.vae, self.scale, _ = load_vae(path, device)
 
     def __call__(self, latents: torch.Tensor) -> np.ndarray:
         """(N, C, h, w) scaled latents -> (N, H, W, 3) uint8."""
-        from stages.fit_vae import decode_latents
+        from talk.stages.fit_vae import decode_latents
 
         return decode_latents(self.vae, latents, scaling_factor=self.scale)
 
@@ -414,13 +414,13 @@ def latent_psnr(sampled: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def open_split(cfg, params, split: str):
-    """The latent window dataset of one split (stages/dataset.py), or None when the split is empty.
+    """The latent window dataset of one split (talk/data/windows.py), or None when the split is empty.
 
     The cache must have been made with the VAE in ``cfg.vae`` (identity checked).
     """
-    from stages.clip_dataset import read_manifest
-    from stages.dataset import LatentDataset
-    from stages.fit_vae import vae_identity
+    from talk.data.clips import read_manifest
+    from talk.data.windows import LatentDataset
+    from talk.stages.fit_vae import vae_identity
 
     if split not in set(read_manifest(Path(cfg.crops))["split"]):
         return None
@@ -449,7 +449,7 @@ def open_splits(cfg, params, stage: str):
 
 
 def make_sampler(dataset, seed: int):
-    from stages.dataset import InfiniteSampler
+    from talk.data.windows import InfiniteSampler
 
     return lambda start: InfiniteSampler(dataset, seed=seed, start_idx=start)
 
@@ -520,7 +520,7 @@ def train(
     val_split: str = "val",
 ) -> dict:
     """Train (resuming when a checkpoint of this configuration exists), export ``cfg.out``."""
-    from models.denoiser import make_schedule
+    from talk.models.denoiser import make_schedule
 
     backbone = pretrained_backbone(spec)
     runtime.seed_everything(seed)
@@ -593,7 +593,7 @@ def train(
 
 
 def trainer_batch(batch: dict, device) -> dict:
-    from stages.trainer import to_device
+    from talk.training.trainer import to_device
 
     return to_device(batch, device)
 
@@ -616,7 +616,7 @@ def _summary(metrics: dict) -> None:
 
 def run(params) -> Path:
     """Train the denoiser on ``train_diffusion.latents`` etc.; write ``out`` and ``work``."""
-    from stages.pretrain_prior import load_prior
+    from talk.stages.pretrain_prior import load_prior
 
     cfg: Config = params.train_diffusion
     seed = params.base.seed

@@ -1,6 +1,6 @@
 """Tiny stand-ins for the denoiser tests: a window dataset of random latents, its sampler, embeddings.
 
-The dataset yields the dicts of stages/dataset.py (``ref`` (C, h, w), ``target`` (F, C, h, w),
+The dataset yields the dicts of talk/data/windows.py (``ref`` (C, h, w), ``target`` (F, C, h, w),
 ``motion`` (M, C, h, w), ``audio`` (F, k, L, D), ``emotion``, ``level``, ``speaker``, ``clip_id``,
 ``frame``), deterministic per index, with a target that depends on the reference, the audio and
 the emotion so that every condition carries information.
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.denoiser import DenoiserSpec
-from models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
-from models.prior_config import EmotionBankConfig
+from talk.models.denoiser import DenoiserSpec
+from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
+from talk.models.prior_config import EmotionBankConfig
 
 C, S, M, K, L, D = 4, 8, 2, 4, 2, 8  # latent channels / side, motion frames, Whisper window / layers / width
 EMB = 8  # emotion (and style) embedding width
@@ -52,7 +52,7 @@ def tiny_spec(backbone: str = "frame", frames: int = 1, style: bool = True, **di
 
 
 def make_bank():
-    from models.emotion_bank import EmotionBank
+    from talk.models.emotion_bank import EmotionBank
 
     torch.manual_seed(0)
     return EmotionBank(BANK)
@@ -150,17 +150,17 @@ def make_pipeline_inputs(root: Path) -> Path:
     import json as _json
 
     import yaml
+    from latents_fixture import MANIFEST_COLUMNS
     from safetensors.torch import save_file
 
-    from latents_fixture import MANIFEST_COLUMNS
-    from models.prior import PriorModel
-    from models.prior_config import PriorConfig
-    from models.vae import build_vae
-    from models.vae_config import VaeConfig
-    from stages import latent_cache as lc
-    from stages.fit_vae import save_vae, vae_identity
-    from stages.pretrain_prior import FORMAT, VERSION
-    from stages.params import to_plain
+    from talk.core.params import to_plain
+    from talk.data import latent_cache as lc
+    from talk.models.prior import PriorModel
+    from talk.models.prior_config import PriorConfig
+    from talk.models.vae import build_vae
+    from talk.models.vae_config import VaeConfig
+    from talk.stages.fit_vae import save_vae, vae_identity
+    from talk.stages.pretrain_prior import FORMAT, VERSION
 
     root = Path(root)
     crops, feats, vae_dir, cache, prior_dir = (root / n for n in ("crops", "audio_features", "vae", "latents.lmdb", "prior"))

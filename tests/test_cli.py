@@ -1,6 +1,6 @@
 import yaml
 
-from cli.main import app
+from talk.cli.main import app
 
 
 def test_help_lists_commands(runner):
@@ -26,7 +26,7 @@ def test_doctor_bad_params_is_one_line_exit_2(runner, tmp_path):
 
 
 def test_doctor_full_profile_says_where_weights_go(runner, root, monkeypatch):
-    from stages import runtime
+    from talk.core import runtime
 
     monkeypatch.chdir(root)
     monkeypatch.setattr(runtime.console, "width", 400)

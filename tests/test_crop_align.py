@@ -1,4 +1,4 @@
-"""Stage `crop_align` and stages/faces.py on tiny videos made from real portraits
+"""Stage `crop_align` and talk/media/faces.py on tiny videos made from real portraits
 (tests/fixtures/faces, moved by affine shifts), including bad inputs."""
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.main import app
-from stages import crop_align, faces, media, runtime
-from stages import params as P
-from stages.errors import TalkError
+from talk.cli.main import app
+from talk.core import params as P
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.media import faces
+from talk.media import io as media
+from talk.stages import crop_align
 
 FIX = Path(__file__).parent / "fixtures" / "faces"
 FPS = media.VIDEO_FPS

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from denoiser_fixture import (
     C,
     M,
@@ -19,11 +18,12 @@ from denoiser_fixture import (
     tiny_spec,
     write_embeddings,
 )
-from models.denoiser import TalkDenoiser
-from models.denoiser_config import DiscriminatorConfig
-from models.diffusion import KarrasDenoiser, NoiseSchedule, training_loss
-from models.discriminator import EmotionDiscriminator, class_targets
-from models.sampling import SAMPLERS, GuidedDenoiser, get_sigmas, guidance_branches, sample
+
+from talk.models.denoiser import TalkDenoiser
+from talk.models.denoiser_config import DiscriminatorConfig
+from talk.models.diffusion import KarrasDenoiser, NoiseSchedule, training_loss
+from talk.models.discriminator import EmotionDiscriminator, class_targets
+from talk.models.sampling import SAMPLERS, GuidedDenoiser, get_sigmas, guidance_branches, sample
 
 torch.set_num_threads(1)
 
@@ -81,7 +81,7 @@ def test_features_only_stops_after_mid_block():
 
 
 def test_unknown_backbone_raises():
-    from models.denoiser import make_backbone
+    from talk.models.denoiser import make_backbone
 
     with pytest.raises(ValueError, match="unknown backbone"):
         make_backbone("transformer", {})
@@ -174,7 +174,7 @@ def test_karras_denoiser_recovers_x0_from_an_exact_network(prediction):
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_samplers_reach_the_data_distribution(name):
     """Gaussian data N(0, s²) has the exact denoiser D(x, σ) = x s² / (s² + σ²)."""
-    from models.denoiser_config import DiffusionConfig
+    from talk.models.denoiser_config import DiffusionConfig
 
     s = 0.5
     schedule = NoiseSchedule(DiffusionConfig())  # 1000 steps: σ_max ≈ 14.6 >> s
@@ -232,7 +232,7 @@ def test_min_snr_weights():
 
 
 def _stage_cfg(tmp_path, **kw):
-    from stages.train_diffusion import Config, PreviewConfig
+    from talk.stages.train_diffusion import Config, PreviewConfig
 
     base = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=2, keep_checkpoints=2,
                 log_every=1, ema_decay=0.9, work=tmp_path / "work", out=tmp_path / "out", val_batches=1,
@@ -242,7 +242,7 @@ def _stage_cfg(tmp_path, **kw):
 
 
 def _train(tmp_path, cfg, export=False):
-    from stages.train_diffusion import ClipEmbeddings, train
+    from talk.stages.train_diffusion import ClipEmbeddings, train
 
     data = ToyWindows(12)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
 
 
 def test_stage_export_and_load_round_trip(tmp_path):
-    from stages.train_diffusion import load_denoiser
+    from talk.stages.train_diffusion import load_denoiser
 
     cfg = _stage_cfg(tmp_path, steps=3)
     result = _train(tmp_path, cfg, export=True)
@@ -306,8 +306,8 @@ def test_stage_export_and_load_round_trip(tmp_path):
 def test_clip_backbone_starts_from_local_pretrained_weights(tmp_path):
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from models.denoiser import backbone_config
-    from stages.train_diffusion import build_denoiser, pretrained_backbone
+    from talk.models.denoiser import backbone_config
+    from talk.stages.train_diffusion import build_denoiser, pretrained_backbone
 
     spec = tiny_spec("clip", 2)
     svd_like = UNetSpatioTemporalConditionModel.from_config({**backbone_config(spec), "in_channels": 2 * C})
@@ -354,8 +354,8 @@ def test_discriminator_learns_a_separable_problem():
 
 
 def test_finetune_disc_end_to_end(tmp_path):
-    from stages.finetune_disc import Config, finetune, load_discriminator
-    from stages.train_diffusion import ClipEmbeddings, PreviewConfig, load_denoiser
+    from talk.stages.finetune_disc import Config, finetune, load_discriminator
+    from talk.stages.train_diffusion import ClipEmbeddings, PreviewConfig, load_denoiser
 
     cfg = _stage_cfg(tmp_path / "diff", steps=3)
     _train(tmp_path / "diff", cfg, export=True)
@@ -394,9 +394,9 @@ def test_cli_train_diffusion_then_finetune_disc(tmp_path, runner, monkeypatch):
     """Both stages through `talk` on the real data readers (latent cache, dataset, prior folder)."""
     from denoiser_fixture import make_pipeline_inputs
 
-    from cli.main import app
-    from stages.finetune_disc import load_discriminator
-    from stages.train_diffusion import load_denoiser
+    from talk.cli.main import app
+    from talk.stages.finetune_disc import load_discriminator
+    from talk.stages.train_diffusion import load_denoiser
 
     params = make_pipeline_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from cli.main import app
-from stages import discover as D
-from stages import media
-from stages import params as P
-from stages.errors import TalkError
+from talk.cli.main import app
+from talk.core import params as P
+from talk.core.errors import TalkError
+from talk.media import io as media
+from talk.stages import discover as D
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"  # as in conftest.py
 N_FRAMES, SIDE, FPS = 15, 64, 25  # 0.6 s clips: above the default discover.min_duration
@@ -253,7 +253,7 @@ def test_cli_bad_root_is_one_line_exit_2(tmp_path, runner):
 
 
 def test_cli_preprocess_runs_its_stages_in_order(tmp_path, media_files, runner, monkeypatch):
-    import cli.preprocess as pre
+    import talk.cli.preprocess as pre
 
     monkeypatch.setattr(pre, "PIPELINE", ("discover",))  # the later stages have their own tests
     root = _mead_tree(tmp_path / "mead", media_files, speakers=("M003", "M005"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from cli.main import app
-from stages import params as P
+from talk.cli.main import app
+from talk.core import params as P
 
 DVC = Path(sys.executable).with_name("dvc")
 

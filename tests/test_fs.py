@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from stages.fs import atomic_dir, atomic_path, atomic_write_text
+from talk.core.fs import atomic_dir, atomic_path, atomic_write_text
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

@@ -1,5 +1,5 @@
-"""VAE (models/vae.py, stages/fit_vae.py), latent cache (stages/latent_cache.py,
-stages/cache_latents.py) and the training data reader (stages/dataset.py) on tiny fixtures."""
+"""VAE (models/vae.py, stages/fit_vae.py), latent cache (talk/data/latent_cache.py,
+stages/cache_latents.py) and the training data reader (talk/data/windows.py) on tiny fixtures."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from latents_fixture import make_crops, make_manifest_only, make_synthetic_cache
-from stages import latent_cache as lc
-from stages import params as P
-from stages.errors import TalkError
+
+from talk.core import params as P
+from talk.core.errors import TalkError
+from talk.data import latent_cache as lc
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = [  # clip_id, speaker, emotion, level, split
@@ -74,7 +74,7 @@ def load_params(root: Path, **extra: object) -> P.Params:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """Crops + features, a VAE trained by the real fit_vae stage, and a cache by cache_latents."""
-    from stages import cache_latents, fit_vae
+    from talk.stages import cache_latents, fit_vae
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("latents")
@@ -90,7 +90,7 @@ def fitted(tmp_path_factory):
 
 
 def test_vae_factory_shapes_and_gradients():
-    from models.vae import VaeConfig, build_vae, vae_loss, LossWeights
+    from talk.models.vae import LossWeights, VaeConfig, build_vae, vae_loss
 
     torch.manual_seed(0)
     vae = build_vae(VaeConfig(block_out_channels=(8, 16, 16), norm_num_groups=8, latent_channels=4), 32)
@@ -105,7 +105,7 @@ def test_vae_factory_shapes_and_gradients():
 
 
 def test_psnr_ssim_reference_values():
-    from models.vae import psnr, ssim
+    from talk.models.vae import psnr, ssim
 
     x = torch.rand(3, 3, 32, 32)
     assert torch.allclose(ssim(x, x), torch.ones(3), atol=1e-5)
@@ -117,7 +117,7 @@ def test_psnr_ssim_reference_values():
 
 
 def test_fit_vae_writes_a_loadable_vae_and_metrics(fitted):
-    from stages.fit_vae import load_vae, vae_identity
+    from talk.stages.fit_vae import load_vae, vae_identity
 
     root, params, metrics, _ = fitted
     out = root / "vae"
@@ -136,7 +136,7 @@ def test_fit_vae_writes_a_loadable_vae_and_metrics(fitted):
 
 
 def test_scaling_factor_gives_unit_variance(fitted):
-    from stages.fit_vae import encode_frames, load_vae, read_frames
+    from talk.stages.fit_vae import encode_frames, load_vae, read_frames
 
     root, *_ = fitted
     vae, scaling, _ = load_vae(root / "vae")
@@ -147,7 +147,7 @@ def test_scaling_factor_gives_unit_variance(fitted):
 
 
 def test_decode_latents_chunks(fitted):
-    from stages.fit_vae import decode_latents, encode_frames, load_vae, read_frames
+    from talk.stages.fit_vae import decode_latents, encode_frames, load_vae, read_frames
 
     root, *_ = fitted
     vae, scaling, _ = load_vae(root / "vae")
@@ -160,8 +160,9 @@ def test_decode_latents_chunks(fitted):
 
 
 def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_path):
-    from models.vae import VaeConfig, build_vae
-    from stages import fit_vae, weights
+    from talk.core import weights
+    from talk.models.vae import VaeConfig, build_vae
+    from talk.stages import fit_vae
 
     root, *_ = fitted
     torch.manual_seed(1)
@@ -180,7 +181,7 @@ def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_
 
 
 def test_fit_vae_cli_dry_run_and_bad_crops(runner, tmp_path):
-    from cli.main import app
+    from talk.cli.main import app
 
     r = runner.invoke(app, ["fit-vae", "--dry-run", "--set", "fit_vae.steps=3"])
     assert r.exit_code == 0 and "steps: 3" in r.output and "vae:" in r.output
@@ -193,7 +194,7 @@ def test_fit_vae_cli_dry_run_and_bad_crops(runner, tmp_path):
 
 
 def test_cache_round_trip_equals_direct_encoding(fitted):
-    from stages.fit_vae import encode_frames, load_vae, read_frames
+    from talk.stages.fit_vae import encode_frames, load_vae, read_frames
 
     root, _, _, summary = fitted
     assert summary["encoded"] == len(CLIPS) and summary["frames"] == len(CLIPS) * N_FRAMES
@@ -213,7 +214,7 @@ def test_cache_round_trip_equals_direct_encoding(fitted):
 def test_rerun_skips_done_clips_and_prunes_stale(fitted, tmp_path):
     import shutil
 
-    from stages import cache_latents
+    from talk.stages import cache_latents
 
     root, params, _, _ = fitted
     db = tmp_path / "copy.lmdb"
@@ -229,7 +230,10 @@ def test_rerun_skips_done_clips_and_prunes_stale(fitted, tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import json, sys, time
-    from stages import params as P, latent_cache as lc, cache_latents, runtime
+    from talk.core import params as P
+    from talk.data import latent_cache as lc
+    from talk.stages import cache_latents
+    from talk.core import runtime
     calls = []
     real_put = lc.CacheWriter.put
     def put(self, items):
@@ -249,7 +253,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_killed_writer_resumes_to_a_sound_cache(fitted, tmp_path):
-    from stages import cache_latents
+    from talk.stages import cache_latents
 
     root, *_ = fitted
     db = tmp_path / "killed.lmdb"
@@ -278,8 +282,8 @@ def test_killed_writer_resumes_to_a_sound_cache(fitted, tmp_path):
 def test_verify_lists_corrupt_and_missing_entries(fitted, tmp_path, runner):
     import shutil
 
-    from cli.main import app
-    from stages import cache_latents
+    from talk.cli.main import app
+    from talk.stages import cache_latents
 
     root, *_ = fitted
     db = tmp_path / "bad.lmdb"
@@ -317,7 +321,7 @@ def test_verify_lists_corrupt_and_missing_entries(fitted, tmp_path, runner):
 def test_cache_of_another_vae_or_format_is_a_clear_error(fitted, tmp_path):
     import shutil
 
-    from stages import cache_latents
+    from talk.stages import cache_latents
 
     root, *_ = fitted
     with pytest.raises(TalkError, match="made with VAE"):
@@ -371,14 +375,14 @@ def synthetic(tmp_path):
 
 
 def make_ds(root: Path, **kw):
-    from stages.dataset import LatentDataset
+    from talk.data.windows import LatentDataset
 
     args = {"target_frames": 1, "motion_frames": 2, "audio_window": 10, "seed": 0, **kw}
     return LatentDataset(root / "db", root / "feats", root / "crops", splits="train", **args)
 
 
 def test_dataset_items_shapes_and_frames(synthetic):
-    from stages.dataset import LatentDataset
+    from talk.data.windows import LatentDataset
 
     root, clips = synthetic
     ds = make_ds(root)
@@ -404,7 +408,7 @@ def test_dataset_items_shapes_and_frames(synthetic):
 
 
 def test_audio_window_indices():
-    from stages.dataset import audio_window_indices
+    from talk.data.windows import audio_window_indices
 
     idx = audio_window_indices(np.array([0, 5, 9]), 10, 20)
     assert idx[0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4, 5]  # 2*0-4 .. 2*0+5, clamped
@@ -442,7 +446,7 @@ def test_dataset_sampling_is_deterministic_per_seed_epoch_index(tmp_path):
 
 
 def test_multi_worker_loader_gives_the_same_batches(synthetic):
-    from stages.dataset import InfiniteSampler
+    from talk.data.windows import InfiniteSampler
 
     root, _ = synthetic
     ds = make_ds(root)
@@ -459,7 +463,7 @@ def test_multi_worker_loader_gives_the_same_batches(synthetic):
 
 
 def test_infinite_sampler_resumes_and_covers_each_epoch():
-    from stages.dataset import InfiniteSampler
+    from talk.data.windows import InfiniteSampler
 
     full = list(itertools.islice(InfiniteSampler(7, seed=2), 30))
     assert sorted(i for _, i in full[:7]) == list(range(7)) and {e for e, _ in full[:7]} == {0}
@@ -475,7 +479,7 @@ def test_dataset_errors(synthetic):
     with pytest.raises(TalkError, match="made with VAE"):
         make_ds(root, vae_identity="another")
     with pytest.raises(TalkError, match="no clips of split"):
-        from stages.dataset import LatentDataset
+        from talk.data.windows import LatentDataset
 
         LatentDataset(root / "db", root / "feats", root / "crops", splits="test")
     (root / "feats" / "c1.npy").unlink()

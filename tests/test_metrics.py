@@ -10,10 +10,10 @@ import torch
 from eval_fixture import face_image as _face
 from eval_fixture import open_mouth
 
-from stages import judges
-from stages.errors import TalkError
-from stages.metrics import distribution, external, image, landmarks, sync
-from stages.metrics.face import FaceAnalyzer, interocular
+from talk.core.errors import TalkError
+from talk.evaluation import judges
+from talk.evaluation.metrics import distribution, external, image, landmarks, sync
+from talk.evaluation.metrics.face import FaceAnalyzer, interocular
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def test_mfcc_matches_definition():
 
 
 def test_syncnet_shapes_and_scores():
-    from models.syncnet import SyncNet, offset_distances, sync_scores
+    from talk.models.syncnet import SyncNet, offset_distances, sync_scores
 
     net = SyncNet().eval()
     with torch.no_grad():
@@ -312,7 +312,7 @@ def test_syncnet_shapes_and_scores():
 
 
 def test_syncnet_metric_loads_a_state_dict(tmp_path):
-    from models.syncnet import SyncNet
+    from talk.models.syncnet import SyncNet
 
     torch.manual_seed(0)
     path = tmp_path / "syncnet_v2.model"

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import params as P
-from stages.errors import TalkError
+from talk.core import params as P
+from talk.core.errors import TalkError
 
 
 def test_every_shipped_section_parses(root):

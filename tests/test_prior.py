@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prior_fixture import make_prior_fixture
 
-from models.emotion_bank import EmotionBank, EmotionBankConfig, vector_quantize
-from models.prior import (
+from talk.core import params as P
+from talk.core.errors import TalkError
+from talk.models.emotion_bank import EmotionBank, EmotionBankConfig, vector_quantize
+from talk.models.prior import (
     EmotionEmbedder,
     PriorConfig,
     ProbabilisticContrastiveLoss,
@@ -19,9 +22,6 @@ from models.prior import (
     kl_standard_normal,
     style_pairs,
 )
-from prior_fixture import make_prior_fixture
-from stages import params as P
-from stages.errors import TalkError
 
 L, D = 5, 384  # Whisper-tiny-shaped features, so that `talk embed` can use the real encoder
 TINY_PRIOR = {"width": 32, "layers": 1, "attn_heads": 2, "emb_dim": 16, "ff_mult": 2, "audio_layers": L, "audio_dim": D}
@@ -210,7 +210,7 @@ def test_match_probability_prefers_close_gaussians():
 
 
 def stage_params(tmp: Path, crops: Path, feats: Path, out: Path, **over) -> P.Params:
-    from stages.pretrain_prior import Config
+    from talk.stages.pretrain_prior import Config
 
     cfg = {"crops": str(crops), "audio_features": str(feats), "out": str(out), "steps": 40, "batch_clips": 8,
            "window": 1.0, "eval_every": 10, "patience": 3, "restart_every": 10, **over}
@@ -225,8 +225,8 @@ def stage_params(tmp: Path, crops: Path, feats: Path, out: Path, **over) -> P.Pa
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from stages import runtime
-    from stages.pretrain_prior import run
+    from talk.core import runtime
+    from talk.stages.pretrain_prior import run
 
     tmp = tmp_path_factory.mktemp("prior")
     speakers = {"A": "train", "B": "train", "C": "val", "D": "test"}
@@ -238,7 +238,7 @@ def trained(tmp_path_factory):
 
 
 def test_stage_writes_every_file_and_learns_emotion(trained):
-    from stages.pretrain_prior import FILES
+    from talk.stages.pretrain_prior import FILES
 
     for name in (*FILES, "params.yaml"):
         assert (trained.out / name).is_file(), name
@@ -263,8 +263,8 @@ def test_stage_writes_every_file_and_learns_emotion(trained):
 
 
 def test_checkpoint_round_trip_reproduces_the_embeddings(trained):
-    from stages.clip_dataset import ClipSet
-    from stages.pretrain_prior import embed_clips, load_prior
+    from talk.data.clips import ClipSet
+    from talk.stages.pretrain_prior import embed_clips, load_prior
 
     a, b = load_prior(trained.out), load_prior(trained.out)
     for k, v in a.model.state_dict().items():
@@ -282,7 +282,7 @@ def test_checkpoint_round_trip_reproduces_the_embeddings(trained):
 
 
 def test_presets_round_trip_and_lookup(trained, tmp_path):
-    from stages.pretrain_prior import load_presets, load_prior, save_presets
+    from talk.stages.pretrain_prior import load_presets, load_prior, save_presets
 
     bundle = load_prior(trained.out)
     names = set(bundle.presets)
@@ -303,7 +303,7 @@ def test_presets_round_trip_and_lookup(trained, tmp_path):
 
 
 def test_stage_input_errors_are_one_line(tmp_path):
-    from stages.pretrain_prior import run
+    from talk.stages.pretrain_prior import run
 
     crops, feats = make_prior_fixture(tmp_path, {"A": "train", "B": "train"}, clips_per=1, n_frames=30, layers=L, dim=D)
     (feats / "A_happy_1_000.npy").unlink()
@@ -331,7 +331,7 @@ def _pickled_presets(tmp_path: Path) -> Path:
 
 
 def test_import_presets_refuses_pickle_without_the_flag(tmp_path):
-    from stages.pretrain_prior import import_dice_presets, load_presets
+    from talk.stages.pretrain_prior import import_dice_presets, load_presets
 
     src = _pickled_presets(tmp_path)
     with pytest.raises(TalkError, match="trust-pickle"):
@@ -349,7 +349,7 @@ def test_import_presets_refuses_pickle_without_the_flag(tmp_path):
 
 
 def test_import_presets_cli(runner, root, tmp_path):
-    from cli.main import app
+    from talk.cli.main import app
 
     src = _pickled_presets(tmp_path)
     out = tmp_path / "dice.safetensors"
@@ -369,7 +369,7 @@ def test_import_presets_cli(runner, root, tmp_path):
 def reference_clip(root, tmp_path_factory):
     import cv2
 
-    from stages import media
+    from talk.media import io as media
 
     portrait = root / "data" / "sources" / "portraits" / "dreamtalk__f30.png"
     speech = root / "data" / "sources" / "speech" / "emotalk__happy__01.wav"
@@ -388,7 +388,7 @@ def reference_clip(root, tmp_path_factory):
 
 
 def test_talk_embed_both_audio_and_video(trained, reference_clip, runner, root, tmp_path):
-    from cli.main import app
+    from talk.cli.main import app
 
     video, wav = reference_clip
     common = ["--params", str(root / "params.yaml"), "--prior", str(trained.out),
@@ -413,8 +413,8 @@ def test_talk_embed_both_audio_and_video(trained, reference_clip, runner, root, 
 
 
 def test_talk_train_dry_run_shows_its_stages(runner, root):
-    from cli.main import app
-    from cli.train import PIPELINE
+    from talk.cli.main import app
+    from talk.cli.train import PIPELINE
 
     assert PIPELINE == ("pretrain_prior", "train_diffusion", "finetune_disc")
     result = runner.invoke(app, ["train", "--params", str(root / "params.yaml"), "--dry-run"])
@@ -425,7 +425,7 @@ def test_talk_train_dry_run_shows_its_stages(runner, root):
 def test_damaged_checkpoint_is_a_user_error(trained, tmp_path):
     import shutil
 
-    from stages.pretrain_prior import load_prior
+    from talk.stages.pretrain_prior import load_prior
 
     copy = tmp_path / "prior"
     shutil.copytree(trained.out, copy)

@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from render_fixture import Sizes, make_artifacts, portrait, speech  # noqa: E402
 
-from cli.main import app  # noqa: E402
-from models.emotions import EMOTIONS  # noqa: E402
-from stages import media  # noqa: E402
-from stages import render as R  # noqa: E402
-from stages.errors import TalkError  # noqa: E402
+from talk.cli.main import app  # noqa: E402
+from talk.core.errors import TalkError  # noqa: E402
+from talk.media import io as media  # noqa: E402
+from talk.models.emotions import EMOTIONS  # noqa: E402
+from talk.stages import render as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 UNCROPPED = ROOT / "data" / "sources" / "portraits" / "edtalk__uncrop_face.jpg"  # 840 x 1024, one face
@@ -189,7 +189,7 @@ def test_emotion_from_npz(pipe, tmp_path):
 
 
 def test_emotion_from_audio_clip_through_the_embedder(pipe, inputs):
-    from stages.embed import embed_clip
+    from talk.inference.embed import embed_clip
 
     wav = inputs / "speech.wav"
     direct = embed_clip(wav, pipe.prior, pipe.whisper, pipe.chunking)["mu"]
@@ -204,7 +204,7 @@ def test_emotion_from_audio_clip_through_the_embedder(pipe, inputs):
 
 
 def test_batched_guidance_equals_separate_forwards(pipe):
-    from models.sampling import guidance_branches
+    from talk.models.sampling import guidance_branches
 
     spec = pipe.spec
     scales = {"ref": 1.5, "audio": 2.5, "emotion": 4.0}
@@ -313,8 +313,8 @@ def test_batch_csv(runner, arts, inputs, tmp_path):
 
 
 def test_stage_renders_demo_set(arts, inputs, tmp_path):
-    from stages import params as P
-    from stages import runtime
+    from talk.core import params as P
+    from talk.core import runtime
 
     path = write_params(tmp_path / "p.yaml", arts, crop=False, demo_image=str(inputs / "face.png"),
                         demo_audio=str(inputs / "speech.wav"), demo_seconds=0.5, emotions=["neutral", "happy", "sad"],

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from eval_fixture import ceiling_renderer, face_image, make_crops, make_params
 
-from stages import evaluate
-from stages import params as P
-from stages.errors import TalkError
+from talk.core import params as P
+from talk.core.errors import TalkError
+from talk.stages import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.main import app
-from models.emotions import EMOTIONS
-from stages import expressions as E
-from stages import media, prosody
-from stages import sample_data as S
+from talk.cli.main import app
+from talk.media import io as media
+from talk.models.emotions import EMOTIONS
+from talk.stages import sample_data as S
+from talk.synthesis import expressions as E
+from talk.synthesis import prosody
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "data" / "sources"

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from stages import media  # noqa: E402
+from talk.media import io as media  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RATE = media.AUDIO_RATE

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.emotions import EMOTIONS, emotion_id
-from stages.errors import TalkError
+from talk.core.errors import TalkError
+from talk.models.emotions import EMOTIONS, emotion_id
 
 COLUMNS = ("clip_id", "speaker", "emotion", "level", "split", "n_frames", "crop_dir")
 SPLITS = ("train", "val", "test")

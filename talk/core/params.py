@@ -18,10 +18,11 @@ from typing import Any
 
 import yaml
 
-from models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig, DiscriminatorConfig
-from models.prior_config import EmotionBankConfig, PriorConfig
-from models.vae_config import VaeConfig
-from stages.errors import TalkError
+from talk.core.errors import TalkError
+from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig, DiscriminatorConfig
+from talk.models.errors import ConfigError
+from talk.models.prior_config import EmotionBankConfig, PriorConfig
+from talk.models.vae_config import VaeConfig
 
 # Section name -> dataclass, or the module that defines it as ``Config`` (imported lazily so that
 # `talk --help` stays fast). The order is the pipeline's order; it is also the order of params.yaml.
@@ -166,7 +167,10 @@ def parse(cls: type, data: Any, where: str) -> Any:
         raise TalkError(f"section '{where}': {e}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate()
+        try:
+            validate()
+        except ConfigError as e:  # a models/ config: its message names the key
+            raise TalkError(str(e)) from None
     return obj
 
 
@@ -227,7 +231,7 @@ class Params:
 
     def write_resolved(self, path: Path, names: typing.Iterable[str] | None = None) -> Path:
         """Write the resolved config (YAML) beside a stage's outputs, atomically."""
-        from stages.fs import atomic_write_text
+        from talk.core.fs import atomic_write_text
 
         text = f"# resolved from {self.source}\n" + yaml.safe_dump(self.to_dict(names), sort_keys=False)
         atomic_write_text(Path(path), text)
@@ -301,14 +305,14 @@ class Model:
 register("base", Base)
 register("paths", Paths)
 register("model", Model)
-register("sample_data", "stages.sample_data")
-register("discover", "stages.discover")
-register("crop_align", "stages.crop_align")
-register("audio_features", "stages.audio_features")
-register("fit_vae", "stages.fit_vae")
-register("cache_latents", "stages.cache_latents")
-register("pretrain_prior", "stages.pretrain_prior")
-register("train_diffusion", "stages.train_diffusion")
-register("finetune_disc", "stages.finetune_disc")
-register("evaluate", "stages.evaluate")
-register("render", "stages.render")
+register("sample_data", "talk.stages.sample_data")
+register("discover", "talk.stages.discover")
+register("crop_align", "talk.stages.crop_align")
+register("audio_features", "talk.stages.audio_features")
+register("fit_vae", "talk.stages.fit_vae")
+register("cache_latents", "talk.stages.cache_latents")
+register("pretrain_prior", "talk.stages.pretrain_prior")
+register("train_diffusion", "talk.stages.train_diffusion")
+register("finetune_disc", "talk.stages.finetune_disc")
+register("evaluate", "talk.stages.evaluate")
+register("render", "talk.stages.render")

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.emotions import emotion_id
-from stages.errors import TalkError
-from stages.latent_cache import LatentCache
+from talk.core.errors import TalkError
+from talk.data.latent_cache import LatentCache
+from talk.models.emotions import emotion_id
 
 __all__ = ["LatentDataset", "InfiniteSampler", "audio_window_indices"]
 
@@ -58,7 +58,7 @@ class LatentDataset(torch.utils.data.Dataset):
         seed: int = 0,
         vae_identity: str | None = None,
     ):
-        from stages.clip_dataset import read_manifest
+        from talk.data.clips import read_manifest
 
         if isinstance(splits, str):
             splits = (splits,)

@@ -38,9 +38,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages import weights
-from stages.errors import TalkError
-from stages.params import one_of, rng
+from talk.core import weights
+from talk.core.errors import TalkError
+from talk.core.params import one_of, rng
 
 log = logging.getLogger("talk")
 

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from models.emotions import EMOTIONS
-from stages import judges
+from talk.evaluation import judges
+from talk.models.emotions import EMOTIONS
 
 ROW_TITLES = {"model": "model", "real": "real clips (ceiling)", "floor": "reference frame repeated (floor)"}
 
@@ -281,7 +281,7 @@ def print_summary(rows: dict, metrics: dict) -> None:
     """The metric table on the console (rich)."""
     from rich.table import Table
 
-    from stages.runtime import console
+    from talk.core.runtime import console
 
     table = Table(title="evaluate")
     table.add_column("metric")

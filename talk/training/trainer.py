@@ -1,7 +1,7 @@
 """The training loop shared by `train_diffusion` and `finetune_disc` (and its checkpoints).
 
 * Accelerate: one process on a CPU here; ``accelerate launch --multi_gpu --num_processes N -m
-  cli.main train-diffusion`` runs the same code data-parallel on N GPUs (add ``--num_machines``,
+  talk.cli.main train-diffusion`` runs the same code data-parallel on N GPUs (add ``--num_machines``,
   ``--machine_rank``, ``--main_process_ip``, ``--main_process_port`` for several nodes; with
   ``base.device: cpu`` the same launch gives N gloo processes on CPUs). ``batch_size`` is the
   global batch: each rank takes its slice of every global batch; only rank 0 writes.
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages import runtime
-from stages.errors import TalkError
-from stages.fs import atomic_dir
-from stages.params import one_of, rng, to_plain
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_dir
+from talk.core.params import one_of, rng, to_plain
 
 if TYPE_CHECKING:
     import torch

@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from stages.weights import dlib_model
+from talk.core.weights import dlib_model
 
 N_LANDMARKS = 68
 DESCRIPTOR_DIM = 128

@@ -3,10 +3,10 @@
 DICE-Talk §3.1: because the embedder attends over audio and facial-expression tokens, a clip's
 emotion can come from audio only, video only, or both — "emotion from a reference clip", which
 the authors' release does not provide. This runs the training-time data path on a new file:
-faces are tracked and cropped like `crop_align` (stages/faces.py: the same tracker, gap
+faces are tracked and cropped like `crop_align` (talk/media/faces.py: the same tracker, gap
 interpolation and landmark smoothing), the audio is encoded like `audio_features`
 (stages/audio_features.py: the same Whisper and chunking), landmarks are normalised like
-stages/clip_dataset.py, with the population template of the prior (or the template of a neutral
+talk/data/clips.py, with the population template of the prior (or the template of a neutral
 clip of the same person, ``neutral``), and the trained prior (``pretrain_prior.out``) embeds them.
 
 Output (.npz, no pickles): ``mu``, ``logvar`` (the emotion head: what the Emotion Bank reads),
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import media, runtime
-from stages.errors import TalkError
-from stages.fs import atomic_path
+from talk.core import runtime
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_path
+from talk.media import io as media
 
 MODES = ("auto", "both", "audio", "video")
 
@@ -38,7 +39,7 @@ def track_landmarks(path: Path, face=None, image_size: int = 128, max_frames: in
 
     ``face``: a ``stages.faces.FaceConfig`` (``params.crop_align.face``; default settings when None).
     """
-    from stages import faces
+    from talk.media import faces
 
     cfg = face or faces.FaceConfig()
     frames = list(itertools.islice(media.iter_video(path), max_frames))
@@ -56,7 +57,7 @@ def track_landmarks(path: Path, face=None, image_size: int = 128, max_frames: in
 
 def check_whisper(whisper, prior) -> None:
     """TalkError when ``whisper`` is not the encoder whose features the prior was trained on."""
-    from stages.whisper_ckpt import encoder_sha256
+    from talk.audio.whisper_ckpt import encoder_sha256
 
     trained_with = (prior.config.get("audio_features") or {}).get("model")
     if isinstance(trained_with, dict) and trained_with.get("encoder_sha256"):
@@ -99,9 +100,9 @@ def embed_clip(
     """
     import torch
 
-    from models.prior import sample_gaussian
-    from stages.audio_features import encode_audio
-    from stages.clip_dataset import expression_features, mean_shape, normalise_landmarks
+    from talk.data.clips import expression_features, mean_shape, normalise_landmarks
+    from talk.models.prior import sample_gaussian
+    from talk.stages.audio_features import encode_audio
 
     path = Path(path)
     mode = resolve_mode(media.probe(path), mode)
@@ -177,13 +178,13 @@ def _report(res: dict[str, np.ndarray]) -> None:
 def run(params, clip: Path, out: Path, mode: str = "auto", neutral: Path | None = None,
         prior_dir: Path | None = None, max_seconds: float = 20.0) -> Path:
     """Embed ``clip`` with the prior in ``prior_dir`` (default ``pretrain_prior.out``); write ``out`` (.npz)."""
-    from stages.pretrain_prior import load_prior
+    from talk.stages.pretrain_prior import load_prior
 
     mode = resolve_mode(media.probe(clip), mode)
     prior = load_prior(prior_dir or params.pretrain_prior.out)
     whisper = None
     if mode in ("both", "audio"):
-        from stages.audio_features import load_whisper
+        from talk.stages.audio_features import load_whisper
 
         whisper = load_whisper(params.audio_features.whisper, params.paths.cache)
     res = embed_clip(clip, prior, whisper, params.audio_features.chunking, mode=mode, face=params.crop_align.face,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.errors import TalkError
+from talk.core.errors import TalkError
 
 # --------------------------------------------------------------------------------------------
 # MFCC as python_speech_features.mfcc(signal, 16000) computes it (its defaults)
@@ -101,7 +101,7 @@ class SyncNetMetric:
     def __init__(self, checkpoint: Path, batch: int = 20):
         import torch
 
-        from models.syncnet import SyncNet
+        from talk.models.syncnet import SyncNet
 
         path = Path(checkpoint).expanduser()
         if not path.is_file():
@@ -124,7 +124,7 @@ class SyncNetMetric:
         import cv2
         import torch
 
-        from models.syncnet import offset_distances, sync_scores
+        from talk.models.syncnet import offset_distances, sync_scores
 
         n = min(len(frames), len(clip.audio) // 640)
         last = n - 5
@@ -185,7 +185,7 @@ class InceptionFeatures:
         return {}
 
     def row_metrics(self, row: str, extras: list[dict], real_extras: list[dict], metrics: list[dict]) -> dict:
-        from stages.metrics.distribution import frechet_distance
+        from talk.evaluation.metrics.distribution import frechet_distance
 
         gen = np.concatenate([e["inception"] for e in extras])
         real = np.concatenate([e["inception"] for e in real_extras])
@@ -200,7 +200,7 @@ class ArcFaceCSIM:
     """CSIM with insightface's detector + ArcFace recogniser from a local pack (offline)."""
 
     def __init__(self, weights_root: Path, pack: str, stride: int = 5):
-        from stages.weights import insightface_pack
+        from talk.core.weights import insightface_pack
 
         insightface_pack(weights_root, pack)  # TalkError saying where the pack belongs
         try:

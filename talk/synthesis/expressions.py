@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.emotions import EMOTIONS
-from stages.errors import TalkError
+from talk.core.errors import TalkError
+from talk.models.emotions import EMOTIONS
 
 # --------------------------------------------------------------------------------------------
 # dlib 68-point index groups (image left = the subject's right)
@@ -72,7 +72,7 @@ class Landmarker:
     def __init__(self, predictor: Path | None = None):
         import dlib
 
-        from stages.weights import dlib_model
+        from talk.core.weights import dlib_model
 
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor or dlib_model("landmarks_68")))

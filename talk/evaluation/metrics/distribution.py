@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.metrics import few_threads
+from talk.evaluation.metrics import few_threads
 
 
 def gaussian_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

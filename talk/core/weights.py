@@ -10,7 +10,7 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
-from stages.errors import TalkError
+from talk.core.errors import TalkError
 
 
 def package_dir(package: str) -> Path | None:

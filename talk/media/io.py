@@ -18,8 +18,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stages.errors import TalkError
-from stages.fs import atomic_path
+from talk.core.errors import TalkError
+from talk.core.fs import atomic_path
 
 AUDIO_RATE = 16_000  # Hz: Whisper's rate, and the pipeline's
 VIDEO_FPS = 25  # frames/s of every processed clip

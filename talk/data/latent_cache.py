@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import TalkError
+from talk.core.errors import TalkError
 
 FORMAT = "talk-latent-cache"
 VERSION = 1

@@ -77,7 +77,7 @@ def read_artifact_config(folder: Path | str, fmt: str, version: int, what: str, 
     """
     import json
 
-    from stages.errors import TalkError
+    from talk.core.errors import TalkError
 
     cfg_file = Path(folder) / "config.json"
     if not cfg_file.is_file():

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from models.emotions import EMOTIONS
+from talk.models.emotions import EMOTIONS
 
 
 @dataclasses.dataclass(frozen=True)

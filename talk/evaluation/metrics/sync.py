@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.metrics.face import INNER_LIP_PAIRS, interocular
+from talk.evaluation.metrics.face import INNER_LIP_PAIRS, interocular
 
 AUDIO_RATE = 16_000  # Hz
 FPS = 25  # video frames/s

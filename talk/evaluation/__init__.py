@@ -1,0 +1,1 @@
+"""Evaluation: metrics, emotion judges and the HTML report."""

@@ -1,0 +1,1 @@
+"""Inference: the TalkPipeline (portrait + speech + emotion -> video) and reference-clip embedding."""

@@ -1,0 +1,1 @@
+"""Video and audio files (PyAV) and faces in them: detection, tracking, alignment, crops."""

@@ -1,0 +1,1 @@
+"""Training: the one loop (Accelerate, EMA, resumable checkpoints) every training stage runs."""
