@@ -53,7 +53,8 @@ def child(method: str, threads: int, repeats: int, device: str, cache: str) -> d
     import torch
     import whisper
 
-    from talk.stages.audio_features import encode_audio, load_whisper
+    from talk.audio.features import encode_audio
+    from talk.audio.whisper_ckpt import load_whisper
 
     torch.set_num_threads(threads)
     model = load_whisper("tiny.en", cache, device=device)

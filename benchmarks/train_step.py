@@ -55,9 +55,11 @@ def build(batch: int, device: str):
     """The default-profile denoiser, a random batch of its shapes, and the stage objects."""
     import torch
 
+    from talk.artifacts.denoiser import build_denoiser
+    from talk.artifacts.prior import ClipEmbeddings
     from talk.core import params as P
     from talk.models.emotion_bank import EmotionBank
-    from talk.stages.train_diffusion import ClipEmbeddings, Objective, build_denoiser, make_spec
+    from talk.stages.train_diffusion import Objective, make_spec
 
     params = P.load(ROOT / "params.yaml")
     m = params.model

@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from talk.artifacts.vae import encode_frames, load_vae, vae_identity
 from talk.core.errors import TalkError
 from talk.core.params import one_of, rng
 from talk.core.runtime import console, log, progress
 from talk.data import latent_cache as lc
+from talk.data.crops import clip_frames_path, read_crops
 from talk.media import io as media
-from talk.stages.fit_vae import clip_frames_path, encode_frames, load_vae, read_crops, vae_identity
 
 
 @dataclasses.dataclass(frozen=True)

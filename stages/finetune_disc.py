@@ -30,23 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from talk.artifacts.denoiser import load_denoiser, save_denoiser
+from talk.artifacts.prior import ClipEmbeddings
 from talk.core import runtime
 from talk.core.errors import TalkError
 from talk.core.fs import atomic_dir, atomic_write_text
 from talk.core.params import rng, to_plain
 from talk.models.denoiser_config import DiscriminatorConfig
 from talk.stages.train_diffusion import (
-    ClipEmbeddings,
     LiveLog,
     Objective,
     ObjectiveConfig,
     PreviewConfig,
     fixed_batch,
-    load_denoiser,
     make_sampler,
     open_splits,
     sample_latents,
-    save_denoiser,
     t_bins,
     trainer_batch,
     validation_loss,
@@ -305,24 +304,6 @@ def _weights_hash(model) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def load_discriminator(path: Path | str, device: Any = "cpu") -> EmotionDiscriminator:
-    """The discriminator saved beside a fine-tuned denoiser."""
-    from safetensors.torch import load_file
-
-    from talk.core.params import parse
-    from talk.models.discriminator import EmotionDiscriminator
-    from talk.stages.train_diffusion import read_config
-
-    path = Path(path)
-    config = read_config(path)
-    if "discriminator" not in config or not (path / "discriminator.safetensors").is_file():
-        raise TalkError(f"{path} holds no discriminator (run talk finetune-disc)")
-    d = config["discriminator"]
-    disc = EmotionDiscriminator(parse(DiscriminatorConfig, d["config"], "config.json discriminator"), d["in_channels"])
-    disc.load_state_dict(load_file(str(path / "discriminator.safetensors")), strict=True)
-    return disc.to(device).eval()
 
 
 def _summary(metrics: dict) -> None:

@@ -24,29 +24,26 @@ the VAE identity (hash of config + weights) keys the latent cache.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from talk.artifacts.vae import decode_latents, encode_frames, save_vae, vae_identity, vae_source_dir
 from talk.core.errors import TalkError
 from talk.core.fs import atomic_dir
 from talk.core.params import rng
 from talk.core.runtime import console, log, progress
-from talk.media import io as media
+from talk.data.crops import clip_frames_path, read_crops, read_frames
 
 __all__ = [
     "Config", "run", "load_vae", "save_vae", "vae_identity", "encode_frames", "decode_latents",
     "read_crops", "clip_frames_path",
 ]
 
-CONFIG = "config.json"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 METRICS = "metrics.json"
 LOSS_LOG = "loss.tsv"
 
@@ -88,159 +85,12 @@ class Config:
 # Saving, loading, identity
 
 
-def vae_source_dir(source: str | Path) -> Path:
-    """A local diffusers AutoencoderKL folder (or a pipeline folder holding one in ``vae/``)."""
-    path = Path(source).expanduser()
-    for cand in (path, path / "vae"):
-        cfg = cand / CONFIG
-        if cfg.is_file():
-            try:
-                cls = json.loads(cfg.read_text()).get("_class_name")
-            except json.JSONDecodeError:
-                raise TalkError(f"{cfg}: not valid JSON") from None
-            if cls == "AutoencoderKL":
-                return cand
-    raise TalkError(
-        f"model.vae.source: no diffusers AutoencoderKL folder at {path.resolve()} "
-        f"(expected config.json with _class_name AutoencoderKL, here or in vae/)"
-    )
-
-
-def _canonical_config(config: dict) -> str:
-    return json.dumps({k: v for k, v in sorted(config.items()) if not k.startswith("_")}, sort_keys=True)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def vae_identity(path: Path | str) -> str:
-    """sha256 of a saved VAE's config (scaling factor included) and weights file: the cache key."""
-    path = Path(path)
-    cfg, weights = path / CONFIG, path / WEIGHTS
-    if not cfg.is_file() or not weights.is_file():
-        raise TalkError(f"no VAE at {path}: expected {CONFIG} and {WEIGHTS} (run `talk fit-vae`)")
-    try:
-        config = json.loads(cfg.read_text())
-    except json.JSONDecodeError:
-        raise TalkError(f"{cfg}: not valid JSON") from None
-    h = hashlib.sha256(_canonical_config(config).encode())
-    h.update(_sha256_file(weights).encode())
-    return h.hexdigest()
-
-
-def save_vae(vae, path: Path) -> None:
-    """diffusers folder: config.json (architecture + scaling_factor) + safetensors weights."""
-    vae.save_pretrained(str(path), safe_serialization=True)
-
-
-def load_vae(path: Path | str, device: Any = "cpu"):
-    """-> (AutoencoderKL in eval mode, scaling_factor, identity) from a folder saved by fit_vae."""
-    from diffusers import AutoencoderKL
-
-    path = Path(path)
-    identity = vae_identity(path)
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-    vae = vae.to(device).eval().requires_grad_(False)
-    return vae, float(vae.config.scaling_factor), identity
-
-
 # --------------------------------------------------------------------------------------------
 # Encoding and decoding (the helpers render / evaluate / cache_latents use)
 
 
-def _autocast(device, dtype: str):
-    import contextlib
-
-    import torch
-
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
-
-
-def encode_frames(vae, frames: np.ndarray, chunk: int = 32, autocast: str = "float32"):
-    """uint8 frames (N, H, W, 3) -> posterior mean, std: float32 tensors (N, C, h, w) on the CPU.
-
-    Unscaled (multiply by the scaling factor to get the diffusion model's latents).
-    ``autocast``: float32, bfloat16 or float16 compute inside the encoder.
-    """
-    import torch
-
-    dev = next(vae.parameters()).device
-    means, stds = [], []
-    with torch.inference_mode(), _autocast(dev, autocast):
-        for i in range(0, len(frames), chunk):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).to(dev)  # (B, H, W, 3) uint8
-            x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1]
-            post = vae.encode(x).latent_dist
-            means.append(post.mean.float().cpu())
-            stds.append(post.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
-
-
-def decode_latents(vae, z, chunk: int = 16, scaling_factor: float | None = None) -> np.ndarray:
-    """Scaled latents (N, C, h, w) (as the diffusion model makes them) -> uint8 frames (N, H, W, 3).
-
-    Decodes ``chunk`` latents at a time (bounded memory); ``scaling_factor`` defaults to the VAE's.
-    """
-    import torch
-
-    s = float(vae.config.scaling_factor if scaling_factor is None else scaling_factor)
-    dev = next(vae.parameters()).device
-    z = torch.as_tensor(z)
-    if z.ndim != 4:
-        raise ValueError(f"decode_latents expects (N, C, h, w), got {tuple(z.shape)}")
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(z), chunk):
-            x = vae.decode(z[i : i + chunk].to(dev, torch.float32) / s).sample  # (B, 3, H, W) in [-1, 1]
-            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            out.append(x.permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
-
-
 # --------------------------------------------------------------------------------------------
 # Reading crops
-
-
-def read_crops(crops: Path):
-    """The crop manifest (docs/pipeline.md "Crops"), checked; see talk/data/clips.py."""
-    from talk.data.clips import read_manifest
-
-    return read_manifest(Path(crops))
-
-
-def clip_frames_path(crops: Path, crop_dir: str, clip_id: str) -> Path:
-    """``<crop_dir>/frames.mp4``: crop_dir absolute, relative to the working dir or to ``crops``."""
-    p = Path(crop_dir) if crop_dir else Path(clip_id)
-    candidates = [p] if p.is_absolute() else [p, Path(crops) / p, Path(crops) / p.name, Path(crops) / clip_id]
-    for c in candidates:
-        if (c / "frames.mp4").is_file():
-            return c / "frames.mp4"
-    raise TalkError(f"clip {clip_id}: no frames.mp4 in {p} (nor in {Path(crops) / clip_id}); re-run `talk crop-align`")
-
-
-def read_frames(path: Path, indices: Sequence[int], size: int) -> np.ndarray:
-    """Frames ``indices`` (sorted, unique) of a crop video -> (n, size, size, 3) uint8."""
-    want = sorted(set(int(i) for i in indices))
-    out, k = [], 0
-    for t, frame in enumerate(media.iter_video(path, fps=None)):
-        if t == want[k]:
-            out.append(frame)
-            k += 1
-            if k == len(want):
-                break
-    if len(out) < len(want):
-        raise TalkError(f"{path}: {t + 1} frames, wanted frame {want[-1]} (re-run `talk crop-align`)")
-    frames = np.stack(out)
-    if frames.shape[1:] != (size, size, 3):
-        raise TalkError(f"{path}: frames are {frames.shape[2]}x{frames.shape[1]}, model.image_size is {size}")
-    return frames
 
 
 def _spread(n_frames: int, k: int, rng_: np.random.Generator) -> np.ndarray:

@@ -388,15 +388,15 @@ def _check_dir(kind: str, path: Path, needs: Sequence[str]) -> Path:
 def load_vae(path: Path, device):
     """(AutoencoderKL in eval mode, scaling factor) from fit_vae's folder."""
     _check_dir("vae", path, ["config.json"])
-    from talk.stages import fit_vae
+    from talk.artifacts.vae import load_vae as _load
 
-    vae, scale, _ = fit_vae.load_vae(path, device)
+    vae, scale, _ = _load(path, device)
     return vae, float(scale)
 
 
 def load_prior(path: Path, device):
     _check_dir("prior", path, ["config.json", "model.safetensors"])
-    from talk.stages.pretrain_prior import load_prior as _load
+    from talk.artifacts.prior import load_prior as _load
 
     return _load(path, device)
 
@@ -404,7 +404,7 @@ def load_prior(path: Path, device):
 def load_denoiser(path: Path, device):
     """(TalkDenoiser, NoiseSchedule) from a train_diffusion / finetune_disc folder."""
     _check_dir("denoiser", path, ["config.json"])
-    from talk.stages.train_diffusion import load_denoiser as _load
+    from talk.artifacts.denoiser import load_denoiser as _load
 
     loaded = _load(path, device)
     net, schedule = loaded if isinstance(loaded, tuple) else (loaded, None)
@@ -602,7 +602,7 @@ class TalkPipeline:
             # picture px -> crop px (a scaling), so paste-back returns the picture's size
             sx, sy = S / picture.shape[1], S / picture.shape[0]
             M = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]], np.float32)
-        from talk.stages.fit_vae import encode_frames
+        from talk.artifacts.vae import encode_frames
 
         mean, _ = encode_frames(self.vae, face[None])  # (1, C, h, w), unscaled posterior mean
         lat = (mean[0] * self.vae_scale).to(self.device)  # (C, h, w)
@@ -613,7 +613,7 @@ class TalkPipeline:
         are cast to float32 when cut (``audio_windows``), so hours of audio stay small."""
         import torch
 
-        from talk.stages.audio_features import encode_audio
+        from talk.audio.features import encode_audio
 
         feats = encode_audio(samples, n_frames, self.whisper, **self.chunking)
         return torch.from_numpy(feats).to(self.device)
@@ -826,7 +826,7 @@ class TalkPipeline:
 
     def decode(self, latents) -> np.ndarray:
         """Scaled latents (n, C, h, w) -> RGB uint8 frames (n, S, S, 3), ``decode_batch`` at a time."""
-        from talk.stages.fit_vae import decode_latents
+        from talk.artifacts.vae import decode_latents
 
         return decode_latents(self.vae, latents, chunk=self.settings.decode_batch, scaling_factor=self.vae_scale)
 

@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from talk.artifacts.denoiser import _bank_config, build_denoiser, pretrained_backbone, save_denoiser
+from talk.artifacts.prior import ClipEmbeddings
 from talk.core import runtime
 from talk.core.errors import TalkError
-from talk.core.fs import atomic_dir, atomic_write_text, read_artifact_config
+from talk.core.fs import atomic_dir, atomic_write_text
 from talk.core.params import one_of, rng, to_plain
 from talk.training.trainer import LoopConfig, StepResult, Trainer, stage_fields
 
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
 
     from talk.models.denoiser import DenoiserSpec, TalkDenoiser
 
-FORMAT = "talk-denoiser"
-VERSION = 1
 T_BINS = 4  # noise-level bins of the validation loss (equal ranges of the schedule index)
 
 
@@ -99,52 +99,6 @@ class Config(ObjectiveConfig, LoopConfig):
 # Clip embeddings from the prior
 
 
-class ClipEmbeddings:
-    """Per-clip Gaussians of pretrain_prior's ``clip_embeddings.npz`` (emotion and optional style)."""
-
-    def __init__(self, path: Path):
-        if not path.is_file():
-            raise TalkError(f"{path} not found: run talk pretrain-prior first")
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-        for key in ("clip_id", "mu", "logvar"):
-            if key not in data:
-                raise TalkError(f"{path} has no '{key}' array (not a pretrain_prior clip_embeddings.npz)")
-        self.path = path
-        self.index = {str(c): i for i, c in enumerate(data["clip_id"])}
-        self.mu, self.logvar = data["mu"].astype(np.float32), data["logvar"].astype(np.float32)
-        self.style_mu = data.get("style_mu")
-        self.style_logvar = data.get("style_logvar")
-
-    @property
-    def emotion_dim(self) -> int:
-        return self.mu.shape[1]
-
-    @property
-    def style_dim(self) -> int:
-        return 0 if self.style_mu is None else self.style_mu.shape[1]
-
-    def rows(self, clip_ids) -> np.ndarray:
-        missing = [c for c in clip_ids if c not in self.index]
-        if missing:
-            raise TalkError(f"clip {missing[0]} has no embedding in {self.path}: re-run talk pretrain-prior")
-        return np.array([self.index[c] for c in clip_ids])
-
-    def draw(self, clip_ids, kind: str, generator, device, sample: bool = True):
-        """z (B, E) for the clips: the mean, or a draw mu + σ ε with the step's generator."""
-        import torch
-
-        mu, logvar = (self.mu, self.logvar) if kind == "emotion" else (self.style_mu, self.style_logvar)
-        if mu is None:
-            raise TalkError(f"{self.path} has no {kind} embeddings (train the prior with the {kind} head)")
-        r = self.rows(list(clip_ids))
-        m = torch.from_numpy(mu[r]).to(device)
-        if not sample:
-            return m
-        std = torch.from_numpy(logvar[r]).to(device).mul(0.5).exp()
-        return m + std * torch.randn(m.shape, generator=generator, device=device)
-
-
 # --------------------------------------------------------------------------------------------
 # Building, saving and loading the denoiser
 
@@ -185,95 +139,6 @@ def make_spec(model_params, shapes: dict, bank_cfg, style_dim: int) -> DenoiserS
         emotion_token_dim=bank_cfg.token_dim,
         style_dim=style_dim if cond.style_tokens else 0,
     )
-
-
-def pretrained_backbone(spec: DenoiserSpec) -> nn.Module | None:
-    """Load ``model.denoiser.pretrained`` (a local diffusers UNet folder) and widen its conv_in."""
-    from talk.models.denoiser import backbone_class, expand_conv_in
-
-    if not spec.denoiser.pretrained:
-        return None
-    path = Path(spec.denoiser.pretrained).expanduser()
-    if (path / "unet" / "config.json").is_file():
-        path = path / "unet"
-    if not (path / "config.json").is_file():
-        raise TalkError(f"model.denoiser.pretrained: no diffusers UNet (config.json) in {path}")
-    try:
-        unet = backbone_class(spec.denoiser.backbone).from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise TalkError(f"model.denoiser.pretrained: cannot load {path}: {e}") from None
-    if unet.config.out_channels != spec.latent_channels:
-        raise TalkError(f"pretrained UNet {path} predicts {unet.config.out_channels} channels, the latents have {spec.latent_channels}")
-    return expand_conv_in(unet, spec.in_channels)
-
-
-def build_denoiser(spec: DenoiserSpec, bank: nn.Module, backbone: nn.Module | None = None) -> TalkDenoiser:
-    from talk.models.denoiser import TalkDenoiser
-
-    if backbone is not None:
-        spec = dataclasses.replace(spec, unet=dict(backbone.config))
-    model = TalkDenoiser(spec, bank, backbone)
-    readout = getattr(bank, "readout", None)  # the prior's pretraining head: unused by the denoiser
-    if readout is not None:
-        readout.requires_grad_(False)
-    return model
-
-
-def _bank_config(bank) -> dict:
-    cfg = getattr(bank, "cfg", None)
-    if not dataclasses.is_dataclass(cfg):
-        raise TypeError("the Emotion Bank must carry its dataclass config as .cfg")
-    return to_plain(cfg)
-
-
-def save_denoiser(model: TalkDenoiser, folder: Path, extra: dict | None = None) -> None:
-    """config.json + model.safetensors + scheduler_config.json into ``folder`` (already a temp dir)."""
-    from safetensors.torch import save_file
-
-    from talk.models.diffusion import make_scheduler
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format": FORMAT,
-        "version": VERSION,
-        "spec": model.spec.to_dict(),
-        "emotion_bank": _bank_config(model.emotion_bank),
-        **(extra or {}),
-    }
-    (folder / "config.json").write_text(json.dumps(to_plain(config), indent=2) + "\n")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": FORMAT, "version": str(VERSION)})
-    make_scheduler(model.spec.diffusion).save_config(str(folder))
-
-
-def read_config(path: Path) -> dict:
-    return read_artifact_config(path, FORMAT, VERSION, "denoiser", "train-diffusion")
-
-
-def load_denoiser(path: Path | str, device: Any = "cpu", bank_factory=None) -> TalkDenoiser:
-    """Rebuild a denoiser folder (train_diffusion's or finetune_disc's out) in eval mode.
-
-    ``bank_factory(config_dict) -> nn.Module`` builds the Emotion Bank (default: models.emotion_bank).
-    """
-    from safetensors.torch import load_file
-
-    from talk.models.denoiser import DenoiserSpec, TalkDenoiser
-
-    path = Path(path)
-    config = read_config(path)
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise TalkError(f"{weights} not found")
-    if bank_factory is None:
-        from talk.core.params import parse
-        from talk.models.emotion_bank import EmotionBank, EmotionBankConfig
-
-        def bank_factory(d):
-            return EmotionBank(parse(EmotionBankConfig, d, "config.json emotion_bank"))
-
-    model = TalkDenoiser(DenoiserSpec.from_dict(config["spec"]), bank_factory(config["emotion_bank"]))
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,13 +246,13 @@ class Decoder:
     """fit_vae's autoencoder as scaled latents -> RGB uint8 (previews)."""
 
     def __init__(self, path: Path, device):
-        from talk.stages.fit_vae import load_vae
+        from talk.artifacts.vae import load_vae
 
         self.vae, self.scale, _ = load_vae(path, device)
 
     def __call__(self, latents: torch.Tensor) -> np.ndarray:
         """(N, C, h, w) scaled latents -> (N, H, W, 3) uint8."""
-        from talk.stages.fit_vae import decode_latents
+        from talk.artifacts.vae import decode_latents
 
         return decode_latents(self.vae, latents, scaling_factor=self.scale)
 
@@ -418,9 +283,9 @@ def open_split(cfg, params, split: str):
 
     The cache must have been made with the VAE in ``cfg.vae`` (identity checked).
     """
+    from talk.artifacts.vae import vae_identity
     from talk.data.clips import read_manifest
     from talk.data.windows import LatentDataset
-    from talk.stages.fit_vae import vae_identity
 
     if split not in set(read_manifest(Path(cfg.crops))["split"]):
         return None
@@ -616,7 +481,7 @@ def _summary(metrics: dict) -> None:
 
 def run(params) -> Path:
     """Train the denoiser on ``train_diffusion.latents`` etc.; write ``out`` and ``work``."""
-    from talk.stages.pretrain_prior import load_prior
+    from talk.artifacts.prior import load_prior
 
     cfg: Config = params.train_diffusion
     seed = params.base.seed

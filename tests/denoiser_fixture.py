@@ -153,14 +153,14 @@ def make_pipeline_inputs(root: Path) -> Path:
     from latents_fixture import MANIFEST_COLUMNS
     from safetensors.torch import save_file
 
+    from talk.artifacts.prior import FORMAT, VERSION
+    from talk.artifacts.vae import save_vae, vae_identity
     from talk.core.params import to_plain
     from talk.data import latent_cache as lc
     from talk.models.prior import PriorModel
     from talk.models.prior_config import PriorConfig
     from talk.models.vae import build_vae
     from talk.models.vae_config import VaeConfig
-    from talk.stages.fit_vae import save_vae, vae_identity
-    from talk.stages.pretrain_prior import FORMAT, VERSION
 
     root = Path(root)
     crops, feats, vae_dir, cache, prior_dir = (root / n for n in ("crops", "audio_features", "vae", "latents.lmdb", "prior"))

@@ -79,8 +79,8 @@ def tiny_whisper(path: Path, layers: int, width: int) -> Path:
 
 
 def write_vae(folder: Path, s: Sizes, scaling_factor: float = 0.8) -> Path:
+    from talk.artifacts.vae import save_vae
     from talk.models.vae import VaeConfig, build_vae
-    from talk.stages.fit_vae import save_vae
 
     torch.manual_seed(1)
     vae = build_vae(VaeConfig(block_out_channels=s.vae_channels, latent_channels=s.latent_channels,
@@ -110,9 +110,9 @@ def write_prior(folder: Path, s: Sizes) -> Path:
     """
     from safetensors.torch import save_file
 
+    from talk.artifacts.prior import FORMAT, VERSION, save_presets
     from talk.core.params import to_plain
     from talk.models.prior import PriorModel
-    from talk.stages.pretrain_prior import FORMAT, VERSION, save_presets
 
     prior, bank = prior_configs(s)
     torch.manual_seed(2)
@@ -156,8 +156,8 @@ def denoiser_spec(s: Sizes):
 
 
 def write_denoiser(folder: Path, s: Sizes) -> Path:
+    from talk.artifacts.denoiser import build_denoiser, save_denoiser
     from talk.models.emotion_bank import EmotionBank
-    from talk.stages.train_diffusion import build_denoiser, save_denoiser
 
     _, bank = prior_configs(s)
     torch.manual_seed(4)

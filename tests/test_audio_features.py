@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from talk.audio.whisper_ckpt import BUILTIN, locate, read_ct2
+from talk.audio.features import encode_audio, plan_windows
+from talk.audio.whisper_ckpt import BUILTIN, load_whisper, locate, read_ct2
 from talk.core import params as P
 from talk.core.errors import TalkError
 from talk.media import io as media
-from talk.stages.audio_features import encode_audio, load_whisper, plan_windows, read_manifest
+from talk.stages.audio_features import read_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEECH = FIXTURES / "speech_radio_3s2.wav"  # "The holidays are a time of celebrating with loved ones,"

@@ -242,7 +242,8 @@ def _stage_cfg(tmp_path, **kw):
 
 
 def _train(tmp_path, cfg, export=False):
-    from talk.stages.train_diffusion import ClipEmbeddings, train
+    from talk.artifacts.prior import ClipEmbeddings
+    from talk.stages.train_diffusion import train
 
     data = ToyWindows(12)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -283,7 +284,7 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
 
 
 def test_stage_export_and_load_round_trip(tmp_path):
-    from talk.stages.train_diffusion import load_denoiser
+    from talk.artifacts.denoiser import load_denoiser
 
     cfg = _stage_cfg(tmp_path, steps=3)
     result = _train(tmp_path, cfg, export=True)
@@ -306,8 +307,8 @@ def test_stage_export_and_load_round_trip(tmp_path):
 def test_clip_backbone_starts_from_local_pretrained_weights(tmp_path):
     from diffusers import UNetSpatioTemporalConditionModel
 
+    from talk.artifacts.denoiser import build_denoiser, pretrained_backbone
     from talk.models.denoiser import backbone_config
-    from talk.stages.train_diffusion import build_denoiser, pretrained_backbone
 
     spec = tiny_spec("clip", 2)
     svd_like = UNetSpatioTemporalConditionModel.from_config({**backbone_config(spec), "in_channels": 2 * C})
@@ -354,8 +355,10 @@ def test_discriminator_learns_a_separable_problem():
 
 
 def test_finetune_disc_end_to_end(tmp_path):
-    from talk.stages.finetune_disc import Config, finetune, load_discriminator
-    from talk.stages.train_diffusion import ClipEmbeddings, PreviewConfig, load_denoiser
+    from talk.artifacts.denoiser import load_denoiser, load_discriminator
+    from talk.artifacts.prior import ClipEmbeddings
+    from talk.stages.finetune_disc import Config, finetune
+    from talk.stages.train_diffusion import PreviewConfig
 
     cfg = _stage_cfg(tmp_path / "diff", steps=3)
     _train(tmp_path / "diff", cfg, export=True)
@@ -394,9 +397,8 @@ def test_cli_train_diffusion_then_finetune_disc(tmp_path, runner, monkeypatch):
     """Both stages through `talk` on the real data readers (latent cache, dataset, prior folder)."""
     from denoiser_fixture import make_pipeline_inputs
 
+    from talk.artifacts.denoiser import load_denoiser, load_discriminator
     from talk.cli.main import app
-    from talk.stages.finetune_disc import load_discriminator
-    from talk.stages.train_diffusion import load_denoiser
 
     params = make_pipeline_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -117,7 +117,7 @@ def test_psnr_ssim_reference_values():
 
 
 def test_fit_vae_writes_a_loadable_vae_and_metrics(fitted):
-    from talk.stages.fit_vae import load_vae, vae_identity
+    from talk.artifacts.vae import load_vae, vae_identity
 
     root, params, metrics, _ = fitted
     out = root / "vae"
@@ -136,7 +136,8 @@ def test_fit_vae_writes_a_loadable_vae_and_metrics(fitted):
 
 
 def test_scaling_factor_gives_unit_variance(fitted):
-    from talk.stages.fit_vae import encode_frames, load_vae, read_frames
+    from talk.artifacts.vae import encode_frames, load_vae
+    from talk.data.crops import read_frames
 
     root, *_ = fitted
     vae, scaling, _ = load_vae(root / "vae")
@@ -147,7 +148,8 @@ def test_scaling_factor_gives_unit_variance(fitted):
 
 
 def test_decode_latents_chunks(fitted):
-    from talk.stages.fit_vae import decode_latents, encode_frames, load_vae, read_frames
+    from talk.artifacts.vae import decode_latents, encode_frames, load_vae
+    from talk.data.crops import read_frames
 
     root, *_ = fitted
     vae, scaling, _ = load_vae(root / "vae")
@@ -160,6 +162,7 @@ def test_decode_latents_chunks(fitted):
 
 
 def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_path):
+    from talk.artifacts import vae as vae_art
     from talk.core import weights
     from talk.models.vae import VaeConfig, build_vae
     from talk.stages import fit_vae
@@ -173,11 +176,11 @@ def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_
     assert len(comps) == 1 and comps[0].path == src
     m = fit_vae.run(params)
     assert m["steps"] == 0 and m["loss_first"] is None and m["latent_shape"] == [4, 8, 8]
-    assert m["identity"] == fit_vae.vae_identity(tmp_path / "vae") != fit_vae.vae_identity(root / "vae")
-    vae, scaling, _ = fit_vae.load_vae(tmp_path / "vae")
+    assert m["identity"] == vae_art.vae_identity(tmp_path / "vae") != vae_art.vae_identity(root / "vae")
+    vae, scaling, _ = vae_art.load_vae(tmp_path / "vae")
     assert scaling == pytest.approx(m["scaling_factor"]) and scaling != 1.0
     with pytest.raises(TalkError, match="no diffusers AutoencoderKL folder"):
-        fit_vae.vae_source_dir(tmp_path / "sd" / "nothing")
+        vae_art.vae_source_dir(tmp_path / "sd" / "nothing")
 
 
 def test_fit_vae_cli_dry_run_and_bad_crops(runner, tmp_path):
@@ -194,7 +197,8 @@ def test_fit_vae_cli_dry_run_and_bad_crops(runner, tmp_path):
 
 
 def test_cache_round_trip_equals_direct_encoding(fitted):
-    from talk.stages.fit_vae import encode_frames, load_vae, read_frames
+    from talk.artifacts.vae import encode_frames, load_vae
+    from talk.data.crops import read_frames
 
     root, _, _, summary = fitted
     assert summary["encoded"] == len(CLIPS) and summary["frames"] == len(CLIPS) * N_FRAMES
@@ -319,7 +323,6 @@ def test_verify_lists_corrupt_and_missing_entries(fitted, tmp_path, runner):
 
 
 def test_cache_of_another_vae_or_format_is_a_clear_error(fitted, tmp_path):
-    import shutil
 
     from talk.stages import cache_latents
 

@@ -263,8 +263,9 @@ def test_stage_writes_every_file_and_learns_emotion(trained):
 
 
 def test_checkpoint_round_trip_reproduces_the_embeddings(trained):
+    from talk.artifacts.prior import load_prior
     from talk.data.clips import ClipSet
-    from talk.stages.pretrain_prior import embed_clips, load_prior
+    from talk.stages.pretrain_prior import embed_clips
 
     a, b = load_prior(trained.out), load_prior(trained.out)
     for k, v in a.model.state_dict().items():
@@ -282,7 +283,7 @@ def test_checkpoint_round_trip_reproduces_the_embeddings(trained):
 
 
 def test_presets_round_trip_and_lookup(trained, tmp_path):
-    from talk.stages.pretrain_prior import load_presets, load_prior, save_presets
+    from talk.artifacts.prior import load_presets, load_prior, save_presets
 
     bundle = load_prior(trained.out)
     names = set(bundle.presets)
@@ -331,7 +332,7 @@ def _pickled_presets(tmp_path: Path) -> Path:
 
 
 def test_import_presets_refuses_pickle_without_the_flag(tmp_path):
-    from talk.stages.pretrain_prior import import_dice_presets, load_presets
+    from talk.artifacts.prior import import_dice_presets, load_presets
 
     src = _pickled_presets(tmp_path)
     with pytest.raises(TalkError, match="trust-pickle"):
@@ -425,7 +426,7 @@ def test_talk_train_dry_run_shows_its_stages(runner, root):
 def test_damaged_checkpoint_is_a_user_error(trained, tmp_path):
     import shutil
 
-    from talk.stages.pretrain_prior import load_prior
+    from talk.artifacts.prior import load_prior
 
     copy = tmp_path / "prior"
     shutil.copytree(trained.out, copy)

@@ -100,9 +100,9 @@ def embed_clip(
     """
     import torch
 
+    from talk.audio.features import encode_audio
     from talk.data.clips import expression_features, mean_shape, normalise_landmarks
     from talk.models.prior import sample_gaussian
-    from talk.stages.audio_features import encode_audio
 
     path = Path(path)
     mode = resolve_mode(media.probe(path), mode)
@@ -126,7 +126,7 @@ def embed_clip(
         kw.update(visual=torch.from_numpy(x)[None].to(device), visual_mask=torch.from_numpy(valid)[None].to(device))
     if mode in ("both", "audio"):
         if whisper is None:
-            raise ValueError("an audio embedding needs a Whisper model (stages.audio_features.load_whisper)")
+            raise ValueError("an audio embedding needs a Whisper model (talk.audio.whisper_ckpt.load_whisper)")
         check_whisper(whisper, prior)
         samples = media.read_audio(path)
         if n_frames is None:
@@ -178,13 +178,13 @@ def _report(res: dict[str, np.ndarray]) -> None:
 def run(params, clip: Path, out: Path, mode: str = "auto", neutral: Path | None = None,
         prior_dir: Path | None = None, max_seconds: float = 20.0) -> Path:
     """Embed ``clip`` with the prior in ``prior_dir`` (default ``pretrain_prior.out``); write ``out`` (.npz)."""
-    from talk.stages.pretrain_prior import load_prior
+    from talk.artifacts.prior import load_prior
 
     mode = resolve_mode(media.probe(clip), mode)
     prior = load_prior(prior_dir or params.pretrain_prior.out)
     whisper = None
     if mode in ("both", "audio"):
-        from talk.stages.audio_features import load_whisper
+        from talk.audio.whisper_ckpt import load_whisper
 
         whisper = load_whisper(params.audio_features.whisper, params.paths.cache)
     res = embed_clip(clip, prior, whisper, params.audio_features.chunking, mode=mode, face=params.crop_align.face,

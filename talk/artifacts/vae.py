@@ -1,0 +1,135 @@
+"""The VAE artefact (fit_vae's output): a diffusers AutoencoderKL folder, its identity, and the
+encode / decode helpers every later stage uses.
+
+``<folder>/config.json`` (architecture + the measured ``scaling_factor``) and
+``diffusion_pytorch_model.safetensors``. The identity (sha256 of config + weights) keys the latent
+cache, so latents made with another VAE are never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talk.core.errors import TalkError
+
+CONFIG = "config.json"
+
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def vae_source_dir(source: str | Path) -> Path:
+    """A local diffusers AutoencoderKL folder (or a pipeline folder holding one in ``vae/``)."""
+    path = Path(source).expanduser()
+    for cand in (path, path / "vae"):
+        cfg = cand / CONFIG
+        if cfg.is_file():
+            try:
+                cls = json.loads(cfg.read_text()).get("_class_name")
+            except json.JSONDecodeError:
+                raise TalkError(f"{cfg}: not valid JSON") from None
+            if cls == "AutoencoderKL":
+                return cand
+    raise TalkError(
+        f"model.vae.source: no diffusers AutoencoderKL folder at {path.resolve()} "
+        f"(expected config.json with _class_name AutoencoderKL, here or in vae/)"
+    )
+
+
+def _canonical_config(config: dict) -> str:
+    return json.dumps({k: v for k, v in sorted(config.items()) if not k.startswith("_")}, sort_keys=True)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def vae_identity(path: Path | str) -> str:
+    """sha256 of a saved VAE's config (scaling factor included) and weights file: the cache key."""
+    path = Path(path)
+    cfg, weights = path / CONFIG, path / WEIGHTS
+    if not cfg.is_file() or not weights.is_file():
+        raise TalkError(f"no VAE at {path}: expected {CONFIG} and {WEIGHTS} (run `talk fit-vae`)")
+    try:
+        config = json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        raise TalkError(f"{cfg}: not valid JSON") from None
+    h = hashlib.sha256(_canonical_config(config).encode())
+    h.update(_sha256_file(weights).encode())
+    return h.hexdigest()
+
+
+def save_vae(vae, path: Path) -> None:
+    """diffusers folder: config.json (architecture + scaling_factor) + safetensors weights."""
+    vae.save_pretrained(str(path), safe_serialization=True)
+
+
+def load_vae(path: Path | str, device: Any = "cpu"):
+    """-> (AutoencoderKL in eval mode, scaling_factor, identity) from a folder saved by fit_vae."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    identity = vae_identity(path)
+    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    vae = vae.to(device).eval().requires_grad_(False)
+    return vae, float(vae.config.scaling_factor), identity
+
+
+def _autocast(device, dtype: str):
+    import contextlib
+
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
+
+
+def encode_frames(vae, frames: np.ndarray, chunk: int = 32, autocast: str = "float32"):
+    """uint8 frames (N, H, W, 3) -> posterior mean, std: float32 tensors (N, C, h, w) on the CPU.
+
+    Unscaled (multiply by the scaling factor to get the diffusion model's latents).
+    ``autocast``: float32, bfloat16 or float16 compute inside the encoder.
+    """
+    import torch
+
+    dev = next(vae.parameters()).device
+    means, stds = [], []
+    with torch.inference_mode(), _autocast(dev, autocast):
+        for i in range(0, len(frames), chunk):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).to(dev)  # (B, H, W, 3) uint8
+            x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1]
+            post = vae.encode(x).latent_dist
+            means.append(post.mean.float().cpu())
+            stds.append(post.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def decode_latents(vae, z, chunk: int = 16, scaling_factor: float | None = None) -> np.ndarray:
+    """Scaled latents (N, C, h, w) (as the diffusion model makes them) -> uint8 frames (N, H, W, 3).
+
+    Decodes ``chunk`` latents at a time (bounded memory); ``scaling_factor`` defaults to the VAE's.
+    """
+    import torch
+
+    s = float(vae.config.scaling_factor if scaling_factor is None else scaling_factor)
+    dev = next(vae.parameters()).device
+    z = torch.as_tensor(z)
+    if z.ndim != 4:
+        raise ValueError(f"decode_latents expects (N, C, h, w), got {tuple(z.shape)}")
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(z), chunk):
+            x = vae.decode(z[i : i + chunk].to(dev, torch.float32) / s).sample  # (B, 3, H, W) in [-1, 1]
+            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            out.append(x.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
