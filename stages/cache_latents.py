@@ -24,7 +24,7 @@ from talk.core.errors import TalkError
 from talk.core.params import one_of, rng
 from talk.core.runtime import console, log, progress
 from talk.data import latent_cache as lc
-from talk.data.crops import clip_frames_path, read_crops
+from talk.data.crops import clip_file, read_manifest
 from talk.media import io as media
 
 
@@ -83,7 +83,7 @@ def _problems_table(problems: list[str], limit: int = 50):
 def verify(params) -> list[str]:
     """Every problem of the cache against the manifest and the configured VAE; raises if any."""
     cfg: Config = params.cache_latents
-    df = read_crops(cfg.crops)
+    df = read_manifest(cfg.crops)
     expected = {c: int(n) for c, n in zip(df["clip_id"], df["n_frames"])}
     problems = lc.verify(cfg.out, expected, vae_identity(cfg.vae))
     if problems:
@@ -104,7 +104,7 @@ def run(params, verify_only: bool = False) -> dict[str, Any]:
         return {"problems": 0}
     cfg: Config = params.cache_latents
     size = params.model.image_size
-    df = read_crops(cfg.crops)
+    df = read_manifest(cfg.crops)
     expected = {c: int(n) for c, n in zip(df["clip_id"], df["n_frames"])}
     device = pick_device(params.base.device)
     vae, scaling, identity = load_vae(cfg.vae, device)
@@ -137,7 +137,7 @@ def run(params, verify_only: bool = False) -> dict[str, Any]:
             task = bar.add_task("cache latents", total=sum(expected.values()))
             for row in df.itertuples(index=False):
                 clip, n = row.clip_id, int(row.n_frames)
-                path = clip_frames_path(cfg.crops, row.crop_dir, clip)
+                path = clip_file(cfg.crops, row, "frames.mp4")
                 digest = lc.file_digest(path)
                 if entries.get(clip) == (n, digest):
                     skipped += 1

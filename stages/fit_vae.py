@@ -37,12 +37,7 @@ from talk.core.errors import TalkError
 from talk.core.fs import atomic_dir
 from talk.core.params import rng
 from talk.core.runtime import console, log, progress
-from talk.data.crops import clip_frames_path, read_crops, read_frames
-
-__all__ = [
-    "Config", "run", "load_vae", "save_vae", "vae_identity", "encode_frames", "decode_latents",
-    "read_crops", "clip_frames_path",
-]
+from talk.data.crops import clip_file, read_frames, read_manifest
 
 METRICS = "metrics.json"
 LOSS_LOG = "loss.tsv"
@@ -107,7 +102,7 @@ def gather_frames(crops: Path, rows, per_clip: int, size: int, seed: int, what: 
     with progress() as bar:
         task = bar.add_task(f"reading {what} crops", total=len(rows))
         for row in rows.itertuples(index=False):
-            path = clip_frames_path(crops, row.crop_dir, row.clip_id)
+            path = clip_file(crops, row, "frames.mp4")
             out.append(read_frames(path, _spread(int(row.n_frames), per_clip, g), size))
             bar.advance(task)
     return np.concatenate(out)
@@ -220,7 +215,7 @@ def run(params) -> dict[str, Any]:
     size = params.model.image_size
     seed = params.base.seed
     device = pick_device(params.base.device)
-    df = read_crops(cfg.crops)
+    df = read_manifest(cfg.crops)
     train_rows, val_rows = _split_rows(df, seed)
     if cfg.max_clips and len(train_rows) > cfg.max_clips:
         pick = np.random.default_rng([seed, 3]).choice(len(train_rows), cfg.max_clips, replace=False)

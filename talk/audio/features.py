@@ -10,6 +10,8 @@ the middle of the overlap so every kept frame has ``context_s`` of real audio on
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from talk.core.errors import TalkError
@@ -128,3 +130,16 @@ def encode_audio(
     if not np.all(np.isfinite(out)):
         raise RuntimeError("encoder states overflow float16")
     return out
+
+
+def feature_frames_tolerance(n_frames: int) -> int:
+    """Largest accepted difference between a clip's Whisper frames and 2 x its video frames
+    (features made elsewhere may round the clip length differently)."""
+    return max(2, math.ceil(0.02 * n_frames))
+
+
+def check_feature_frames(n_audio: int, n_frames: int, where: str) -> None:
+    """TalkError unless ``n_audio`` Whisper frames fit a clip of ``n_frames`` video frames."""
+    if abs(n_audio - FRAMES_PER_VIDEO_FRAME * n_frames) > feature_frames_tolerance(n_frames):
+        raise TalkError(f"{where}: {n_audio} audio frames for {n_frames} video frames "
+                        f"(expected {FRAMES_PER_VIDEO_FRAME * n_frames}); re-run `talk audio-features`")

@@ -274,12 +274,28 @@ class Base:
 
 @dataclasses.dataclass(frozen=True)
 class Paths:
-    """Every input and output path of the pipeline, once. Relative paths are from the repo root."""
+    """Every input and output path of the pipeline, once (relative paths: from the repo root).
 
-    sources: Path = Path("data/sources")  # real portraits + speech carried in the repo (sample_data input)
-    raw: Path = Path("data/raw")  # the dataset root that discovery reads
+    A stage reads its inputs and writes its outputs here; dvc.yaml names them as ``${paths.x}``.
+    """
+
+    sources: Path = Path("data/sources")  # real portraits, speech and talking videos carried in the repo (sample_data input)
+    raw: Path = Path("data/raw")  # dataset root: sample_data writes <raw>/mead and <raw>/wild; discover reads discover.roots under it
+    manifest: Path = Path("data/manifest.csv")  # discover: one row per usable clip (docs/pipeline.md "Manifest")
+    rejects: Path = Path("data/rejects.csv")  # discover: one row per rejected file, with the reason
+    crops: Path = Path("data/crops")  # crop_align: one folder per clip + manifest.csv, rejects.csv (docs/pipeline.md "Crops")
+    audio_features: Path = Path("data/audio_features")  # audio_features: <clip_id>.npy Whisper states + meta.json
+    vae: Path = Path("artifacts/vae")  # fit_vae: the image autoencoder (diffusers AutoencoderKL folder)
+    latents: Path = Path("data/latents.lmdb")  # cache_latents: LMDB of VAE posteriors per clip
+    prior: Path = Path("artifacts/prior")  # pretrain_prior: emotion / style embedders, Emotion Bank, presets, clip embeddings
+    diffusion: Path = Path("artifacts/diffusion")  # train_diffusion: the denoiser
+    diffusion_train: Path = Path("artifacts/diffusion_train")  # train_diffusion: checkpoints/ (kept: re-running resumes), live/, metrics.json
+    finetune_disc: Path = Path("artifacts/finetune_disc")  # finetune_disc: the fine-tuned denoiser + its emotion discriminator
+    finetune_disc_train: Path = Path("artifacts/finetune_disc_train")  # finetune_disc: checkpoints/, live/, metrics.json
+    evaluate: Path = Path("artifacts/evaluate")  # evaluate: metrics.json, per_clip.csv, plots/, report.html
+    render: Path = Path("artifacts/render")  # render: the demo videos and contact sheet
     weights: Path = Path("weights")  # locally supplied pretrained weights (full profile)
-    cache: Path = Path("~/.cache/talk").expanduser()  # converted checkpoints built once per user
+    cache: Path = Path("~/.cache/talk").expanduser()  # converted checkpoints, built once per user
 
 
 @dataclasses.dataclass(frozen=True)

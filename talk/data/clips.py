@@ -19,13 +19,12 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from talk.audio.features import check_feature_frames
 from talk.core.errors import TalkError
+from talk.data.crops import clip_file, read_manifest
 from talk.models.emotions import EMOTIONS, emotion_id
 
-COLUMNS = ("clip_id", "speaker", "emotion", "level", "split", "n_frames", "crop_dir")
-SPLITS = ("train", "val", "test")
 LEFT_EYE = slice(36, 42)  # dlib 68: the subject's right eye, on the image's left
 RIGHT_EYE = slice(42, 48)
 NEUTRAL = EMOTIONS.index("neutral")
@@ -87,38 +86,7 @@ class Clip:
         return np.load(self.audio_file, mmap_mode="r", allow_pickle=False)
 
 
-def _crop_dir(crops: Path, value: str, clip_id: str) -> Path:
-    """A manifest's ``crop_dir``: absolute, relative to the working dir or to the crops folder."""
-    p = Path(value) if value else Path(clip_id)
-    candidates = [p] if p.is_absolute() else [p, crops / p, crops / p.name, crops / clip_id]
-    for c in candidates:
-        if (c / "landmarks.npy").is_file():
-            return c
-    raise TalkError(f"clip {clip_id}: no landmarks.npy in {p} (nor in {crops / clip_id}); re-run talk crop-align")
 
-
-def read_manifest(crops: Path) -> pd.DataFrame:
-    path = Path(crops) / "manifest.csv"
-    if not path.is_file():
-        raise TalkError(f"{path} not found: run talk crop-align first")
-    df = pd.read_csv(path, dtype={"clip_id": str, "speaker": str, "emotion": str, "split": str, "crop_dir": str})
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise TalkError(f"{path}: missing column(s) {', '.join(missing)}")
-    df["emotion"] = df["emotion"].fillna("")
-    df["crop_dir"] = df["crop_dir"].fillna("")
-    df["level"] = df["level"].fillna(0).astype(int)
-    bad = sorted(set(df["emotion"]) - set(EMOTIONS) - {""})
-    if bad:
-        raise TalkError(f"{path}: unknown emotion(s) {', '.join(bad)} (known: {', '.join(EMOTIONS)})")
-    bad = sorted(set(df["split"]) - set(SPLITS))
-    if bad:
-        raise TalkError(f"{path}: unknown split(s) {', '.join(map(str, bad))} (expected {', '.join(SPLITS)})")
-    if df["clip_id"].duplicated().any():
-        raise TalkError(f"{path}: duplicate clip_id {df['clip_id'][df['clip_id'].duplicated()].iloc[0]}")
-    if len(df) == 0:
-        raise TalkError(f"{path}: no clips")
-    return df
 
 
 def check_features(path: Path, n_frames: int, layers: int, dim: int, clip_id: str) -> Path:
@@ -132,8 +100,7 @@ def check_features(path: Path, n_frames: int, layers: int, dim: int, clip_id: st
     if a.ndim != 3 or a.shape[1:] != (layers, dim):
         raise TalkError(f"{path}: features are {a.shape}, model.prior expects (2T, {layers}, {dim}); "
                         f"set model.prior.audio_layers / audio_dim to the Whisper model used")
-    if abs(len(a) - 2 * n_frames) > max(4, 0.05 * 2 * n_frames):
-        raise TalkError(f"{path}: {len(a)} audio frames for {n_frames} video frames (expected {2 * n_frames})")
+    check_feature_frames(len(a), n_frames, str(path))
     return path
 
 
@@ -156,13 +123,13 @@ class ClipSet:
         df = read_manifest(crops)
         clips = []
         for row in df.itertuples(index=False):
-            cdir = _crop_dir(crops, row.crop_dir, row.clip_id)
+            path = clip_file(crops, row, "landmarks.npy")
             try:
-                lm = np.load(cdir / "landmarks.npy", allow_pickle=False)
+                lm = np.load(path, allow_pickle=False)
             except (ValueError, OSError) as e:
-                raise TalkError(f"{cdir / 'landmarks.npy'}: not a readable .npy array ({e})") from None
+                raise TalkError(f"{path}: not a readable .npy array ({e}); re-run `talk crop-align`") from None
             if lm.ndim != 3 or lm.shape[1:] != (68, 2) or len(lm) == 0:
-                raise TalkError(f"{cdir / 'landmarks.npy'}: expected (T, 68, 2), got {lm.shape}")
+                raise TalkError(f"{path}: expected (T, 68, 2), got {lm.shape}; re-run `talk crop-align`")
             emo = emotion_id(row.emotion)
             clips.append(Clip(
                 clip_id=row.clip_id,

@@ -22,7 +22,6 @@ it yields (epoch, index) pairs, which ``LatentDataset.__getitem__`` accepts as w
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talk.audio.features import check_feature_frames
 from talk.core.errors import TalkError
 from talk.data.latent_cache import LatentCache
 from talk.models.emotions import emotion_id
@@ -58,7 +58,7 @@ class LatentDataset(torch.utils.data.Dataset):
         seed: int = 0,
         vae_identity: str | None = None,
     ):
-        from talk.data.clips import read_manifest
+        from talk.data.crops import read_manifest
 
         if isinstance(splits, str):
             splits = (splits,)
@@ -143,8 +143,7 @@ class LatentDataset(torch.utils.data.Dataset):
         eps = g.standard_normal(post[:, 0].shape, dtype=np.float32)
         z = torch.from_numpy((post[:, 0] + post[:, 1] * eps) * np.float32(self.cache.scaling_factor))
         feats = self._features(clip)
-        if abs(len(feats) - 2 * n) > max(2, math.ceil(0.02 * n)):
-            raise TalkError(f"audio features of clip {clip}: {len(feats)} frames for {n} video frames (expected {2 * n})")
+        check_feature_frames(len(feats), n, f"audio features of clip {clip}")
         idx = audio_window_indices(target, self.k, len(feats))  # (F, k)
         audio = torch.from_numpy(np.asarray(feats[idx.reshape(-1)], dtype=np.float32).reshape(*idx.shape, *feats.shape[1:]))
         return {
