@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 BUDGET_S = 60.0  # the stage's share of the 10-15 min CPU pipeline
-NOMINAL_GFLOPS_PER_THREAD = 98.0  # fp32 2048^2 matmul per thread on an idle reference machine (FINDINGS.md: 98 / 195 on 1 / 2)
+NOMINAL_GFLOPS_PER_THREAD = 98.0  # fp32 2048^2 matmul per thread on an idle reference machine (docs/findings.md: 98 / 195 on 1 / 2)
 
 
 def matmul_gflops() -> float:

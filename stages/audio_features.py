@@ -1,6 +1,6 @@
 """Stage ``audio_features``: Whisper encoder hidden states at 50 Hz for every cropped clip.
 
-DICE-Talk / Sonic condition the denoiser on Whisper-tiny encoder states (METHOD.md §2: "all 5
+DICE-Talk / Sonic condition the denoiser on Whisper-tiny encoder states (docs/method.md §2: "all 5
 hidden states (embedding + 4 layers, 384-d) stacked; Whisper runs at 50 Hz = 2 audio frames per
 25 fps video frame"). For each row of the crop manifest this stage writes
 ``<out>/<clip_id>.npy``: float16 (2·T, L, D), T = the clip's ``n_frames``; audio frames ``2t`` and

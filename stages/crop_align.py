@@ -1,5 +1,5 @@
 """Stage `crop_align`: aligned square face crops, landmarks, transforms and 16 kHz audio per clip
-(METHOD.md §1 "Face crop", §4; formats in docs/pipeline.md "Crops").
+(docs/method.md §1 "Face crop", §4; formats in docs/pipeline.md "Crops").
 
 For each manifest row: decode the video at 25 fps (``stages.media``), read its audio (the video's
 own track, or the separate ``audio_path``) as 16 kHz mono, trim both to the shorter, track the

@@ -1,4 +1,4 @@
-"""Stage `discover`: find every usable talking-face clip under the data roots (METHOD.md §1 "Data",
+"""Stage `discover`: find every usable talking-face clip under the data roots (docs/method.md §1 "Data",
 §3), write the manifest, the rejects table and a speaker-disjoint train/val/test split.
 
 Layouts, detected per root (every video file under the root is a candidate, hidden entries skipped):

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: score rendered test clips against the real ones (METHOD.md §3, MEAD protocol).
+"""Stage `evaluate`: score rendered test clips against the real ones (docs/method.md §3, MEAD protocol).
 
 Every test clip is rendered from a reference frame, its own audio and its emotion label by a
 ``render_fn(ref_frame, audio, emotion, level) -> (T, H, W, 3) uint8`` and scored against the real
@@ -252,7 +252,7 @@ class RowScore:
 
 
 class Scorer:
-    """Per-clip metrics of one row's frames against the real clip (METHOD.md §3)."""
+    """Per-clip metrics of one row's frames against the real clip (docs/method.md §3)."""
 
     def __init__(self, cfg: Config, params, clf: judges.EmotionClassifier):
         self.cfg = cfg

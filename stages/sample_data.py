@@ -2,7 +2,7 @@
 
 Real portraits and real speech carried in the repo (``paths.sources``, attribution in its
 MANIFEST.tsv) become emotional talking clips whose emotion, intensity and lip motion are known
-exactly, so that emotion control and lip sync can be *measured* (METHOD.md §1 "Data": MEAD's 8
+exactly, so that emotion control and lip sync can be *measured* (docs/method.md §1 "Data": MEAD's 8
 emotions x 3 levels, frontal view; HDTF-like in-the-wild talking):
 
 - ``<out>/<speaker>/video/front/<emotion>/level_<k>/<nnn>.mp4``: 25 fps H.264 + AAC, the portrait

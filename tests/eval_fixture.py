@@ -44,7 +44,7 @@ def open_mouth(img: np.ndarray, lm: np.ndarray, g: float) -> np.ndarray:
 
 
 EMOTIONS = ("neutral", "happy", "surprised")
-# Expression warps as (landmark indices, displacement in inter-ocular distances): FINDINGS.md's
+# Expression warps as (landmark indices, displacement in inter-ocular distances): docs/findings.md's
 # displacements at about level 2.
 EXPRESSIONS = {
     "neutral": [],

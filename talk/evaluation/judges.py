@@ -1,4 +1,4 @@
-"""Emotion judges for `evaluate` (METHOD.md §3, Emo-Acc).
+"""Emotion judges for `evaluate` (docs/method.md §3, Emo-Acc).
 
 Two independent judges score whether a clip shows the emotion it was asked for:
 
@@ -9,7 +9,7 @@ Two independent judges score whether a clip shows the emotion it was asked for:
 - ``FERJudge``: the independent FER 7-class CNN (``fer`` package, .tflite run by ai-edge-litert):
   a 64x64 grayscale face in [-1, 1]; classes angry, disgust, fear, happy, sad, surprise, neutral.
   MEAD's ``contempt`` has no FER class, so contempt clips are left out of FER accuracy. FER reads
-  any open mouth as surprise (FINDINGS.md), so its accuracy is also reported on closed-mouth frames.
+  any open mouth as surprise (docs/findings.md), so its accuracy is also reported on closed-mouth frames.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Faces: detection, 68-point landmark tracking, temporal smoothing and crop transforms.
 
 Library code shared by `crop_align` (training crops), `evaluate` and `render` (crop a portrait or
-a generated video the same way). METHOD.md §1 "Face crop": the detector box expanded by 0.5 of its
+a generated video the same way). docs/method.md §1 "Face crop": the detector box expanded by 0.5 of its
 size on each side and made square (``crop: box``); ``crop: template`` instead aligns eyes, nose
 and mouth corners to a fixed template by a similarity transform (ArcFace's five-point layout,
 scaled so that the crop spans ``template_iod`` inter-ocular distances).

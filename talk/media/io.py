@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -216,3 +216,20 @@ def write_video(
         if n == 0:
             raise TalkError(f"{path}: no frames to write")
     return n
+
+
+def encode_image(rgb: np.ndarray, ext: str = ".png", params: Sequence[int] = ()) -> bytes:
+    """RGB uint8 (H, W, 3) -> encoded image bytes (PNG by default); raises when OpenCV cannot encode."""
+    import cv2
+
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR), list(params))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {rgb.shape} image as {ext}")
+    return buf.tobytes()
+
+
+def write_image(path: Path | str, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image (format from the suffix), atomically."""
+    data = encode_image(rgb, Path(path).suffix or ".png")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -17,7 +17,7 @@ A neutral, frontal, closed-mouth portrait becomes a talking, emoting face by mov
 - ``mouth_offsets`` / ``blink_offsets`` / ``similarity``: speech opening, blinks, head motion.
 
 Coordinates are pixels ``(x, y)`` with y down; "up" in the tables means towards the forehead.
-This is data synthesis for training and measuring the DICE-Talk emotion path (METHOD.md §1:
+This is data synthesis for training and measuring the DICE-Talk emotion path (docs/method.md §1:
 MEAD-like emotion x intensity clips) — it is not part of the learned model.
 """
 

@@ -1,4 +1,4 @@
-"""Metrics that score generated talking-head clips against real ones (METHOD.md §3, MEAD protocol).
+"""Metrics that score generated talking-head clips against real ones (docs/method.md §3, MEAD protocol).
 
 Every function takes aligned crops as (T, H, W, 3) uint8 arrays at 25 fps and/or 16 kHz mono
 float32 audio. Feature spaces are named in the metric names (``fid_dlib128``): these numbers are
