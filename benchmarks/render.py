@@ -67,9 +67,9 @@ def main() -> None:
     from rich.table import Table
 
     from talk.core import params as P
+    from talk.inference import frames, pipeline
     from talk.media import io as media
     from talk.models.sampling import guidance_branches
-    from talk.stages import render as R
 
     torch.set_num_threads(args.threads)
     console = Console(width=150)
@@ -90,7 +90,7 @@ def main() -> None:
         what = "untrained stand-ins of the default profile's sizes"
     params = P.load(args.params, [*args.sets, *(f"render.{k}={v}" for k, v in arts.items())])
     cfg = params.render
-    pipe = R.TalkPipeline.from_params(params, device="cpu")
+    pipe = pipeline.TalkPipeline.from_params(params, device="cpu")
     spec = pipe.spec
     n_params = sum(p.numel() for p in pipe.denoiser.parameters())
     console.print(f"[bold]render benchmark[/]: {what}; {args.threads} threads; image {pipe.image_size} px, "
@@ -98,10 +98,10 @@ def main() -> None:
                   f"({spec.denoiser.backbone}); steps {cfg.steps} {cfg.sampler}, {cfg.schedule} schedule, window {cfg.window}, "
                   f"guidance ref/audio/emotion {cfg.guidance_ref}/{cfg.guidance_audio}/{cfg.guidance_emotion}")
 
-    speech = R.load_speech(cfg.demo_audio)
+    speech = frames.load_speech(cfg.demo_audio)
     reps = int(np.ceil(args.seconds * media.AUDIO_RATE / len(speech)))
     audio = np.tile(speech, reps)[: int(args.seconds * media.AUDIO_RATE)]
-    n = R.frame_count(len(audio))
+    n = frames.frame_count(len(audio))
     image = cfg.demo_image
     rows: list[tuple[str, float, str]] = []  # (name, frames/s, note)
 
@@ -128,7 +128,7 @@ def main() -> None:
     x1 = torch.randn(1, 1, spec.latent_channels, spec.latent_size, spec.latent_size)
     sigma1 = torch.full((1,), 1.0)
     cond1 = {"ref": prep.latent[None], "motion": prep.latent.expand(spec.motion_frames, *prep.latent.shape)[None] if spec.motion_frames else None,
-             "audio": R.audio_windows(feats, [0], spec.audio_window)[None], "emotion": z[None], "style": None}
+             "audio": pipeline.audio_windows(feats, [0], spec.audio_window)[None], "emotion": z[None], "style": None}
     with torch.inference_mode():
         k = min(n, 50)
         t_fwd, _ = timed(lambda: [pipe.karras(x1, sigma1, **cond1) for _ in range(k)], args.repeat)
@@ -169,7 +169,7 @@ def main() -> None:
         xw = torch.randn(nrows, W, spec.latent_channels, spec.latent_size, spec.latent_size) * 3
         sw = torch.full((nrows,), 3.0)
         condw = {k: (v.expand(nrows, *v.shape[1:]) if isinstance(v, torch.Tensor) else v) for k, v in cond1.items()}
-        condw["audio"] = R.audio_windows(feats, range(W), spec.audio_window)[None].expand(nrows, -1, -1, -1, -1)
+        condw["audio"] = pipeline.audio_windows(feats, range(W), spec.audio_window)[None].expand(nrows, -1, -1, -1, -1)
         guided = GuidedDenoiser(pipe.karras, scales, order)
         branches = guidance_branches(scales, order)
 

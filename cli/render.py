@@ -67,6 +67,8 @@ def render(
         return
     with user_errors():
         runtime.setup(params.base)
+        from talk.inference import batch as batch_jobs
+        from talk.inference import pipeline
         from talk.stages import render as R
 
         if image is None and audio is None and batch is None:
@@ -75,9 +77,9 @@ def render(
         if batch is not None:
             if image is not None or audio is not None:
                 raise TalkError("--batch takes its inputs from the CSV: leave out --image / --audio")
-            jobs = R.read_batch(batch)  # checked before any model is loaded
-            pipe = R.TalkPipeline.from_params(params)
-            results = R.render_batch(pipe, jobs)
+            jobs = batch_jobs.read_batch(batch)  # checked before any model is loaded
+            pipe = pipeline.TalkPipeline.from_params(params)
+            results = batch_jobs.render_batch(pipe, jobs)
             _summary(results)
             return
         if image is None or audio is None:
@@ -86,13 +88,14 @@ def render(
             raise TalkError("--out is required (an .mp4 path)")
         if out.suffix.lower() != ".mp4":
             raise TalkError(f"--out must end in .mp4, got {out}")
-        job = _job(R, image, audio, emotion, level, blend, emotion_from, style_from)
-        pipe = R.TalkPipeline.from_params(params)
+        job = _job(image, audio, emotion, level, blend, emotion_from, style_from)
+        pipe = pipeline.TalkPipeline.from_params(params)
         _summary([pipe.render_to_file(out, image, audio, **job)])
 
 
-def _job(R, image: Path, audio: Path, emotion: str, level, blend, emotion_from, style_from) -> dict:
+def _job(image: Path, audio: Path, emotion: str, level, blend, emotion_from, style_from) -> dict:
     """Check the inputs before loading any model (fast one-line errors)."""
+    from talk.inference import emotion as emotions
     from talk.media import io as media
 
     if not image.is_file():
@@ -100,13 +103,13 @@ def _job(R, image: Path, audio: Path, emotion: str, level, blend, emotion_from, 
     info = media.probe(audio)  # unreadable / not media -> TalkError
     if not info.has_audio:
         raise TalkError(f"{audio}: no audio stream")
-    job: dict = {"emotion": R.check_emotion(emotion)}
+    job: dict = {"emotion": emotions.check_emotion(emotion)}
     if level is not None:
         if not 1 <= level <= 3:
             raise TalkError(f"--level must be 1, 2 or 3, got {level}")
         job["level"] = level
     if blend:
-        job["blend"] = R.parse_blend(blend)
+        job["blend"] = emotions.parse_blend(blend)
     if emotion_from is not None:
         if not emotion_from.is_file():
             raise TalkError(f"reference clip not found: {emotion_from}")

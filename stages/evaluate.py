@@ -96,7 +96,7 @@ def repeat_reference(ref_frame: np.ndarray, audio: np.ndarray, emotion: str, lev
 
 def trained_renderer(params) -> RenderFn:
     """The model row: the trained pipeline that ``params.render`` names, fed aligned crops."""
-    from talk.stages.render import evaluation_renderer
+    from talk.inference.pipeline import evaluation_renderer
 
     return evaluation_renderer(params)
 

@@ -17,7 +17,7 @@ __all__ = ["TalkPipeline"]
 
 def __getattr__(name: str):
     if name == "TalkPipeline":  # imported lazily: `talk --help` must not load torch
-        from talk.stages.render import TalkPipeline
+        from talk.inference.pipeline import TalkPipeline
 
         return TalkPipeline
     raise AttributeError(f"module 'talk' has no attribute {name!r}")

@@ -17,6 +17,8 @@ from render_fixture import Sizes, make_artifacts, portrait, speech  # noqa: E402
 
 from talk.cli.main import app  # noqa: E402
 from talk.core.errors import TalkError  # noqa: E402
+from talk.inference import emotion, pipeline
+from talk.inference import frames as render_io
 from talk.media import io as media  # noqa: E402
 from talk.models.emotions import EMOTIONS  # noqa: E402
 from talk.stages import render as R  # noqa: E402
@@ -33,7 +35,7 @@ def arts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(arts, tmp_path_factory):
-    return R.TalkPipeline.from_pretrained(arts["vae"].parent, whisper=str(arts["whisper"]),
+    return pipeline.TalkPipeline.from_pretrained(arts["vae"].parent, whisper=str(arts["whisper"]),
                                           cache_dir=tmp_path_factory.mktemp("cache"), steps=2)
 
 
@@ -92,7 +94,7 @@ def test_frames_shape_and_determinism(pipe):
     img, audio = portrait(48), speech(0.9)
     a = pipe(img, audio, emotion="sad", crop=False, show_progress=False)
     b = pipe(img, audio, emotion="sad", crop=False, show_progress=False)
-    assert a.shape == (R.frame_count(len(audio)), pipe.image_size, pipe.image_size, 3) and a.dtype == np.uint8
+    assert a.shape == (render_io.frame_count(len(audio)), pipe.image_size, pipe.image_size, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     c = pipe(img, audio, emotion="sad", crop=False, show_progress=False, seed=1)
     assert not np.array_equal(a, c)
@@ -111,7 +113,7 @@ def test_long_audio_windows_cover_every_frame_once(pipe):
         starts.append(s)
         total += len(lat)
     assert total == n and len(starts) > 1
-    windows = R.plan_windows(n, 10, 3)
+    windows = pipeline.plan_windows(n, 10, 3)
     assert windows[0][0] == 0 and windows[-1][1] == n
     assert all(b[0] <= a[1] - 3 for a, b in zip(windows, windows[1:]))
 
@@ -120,7 +122,7 @@ def test_rolling_schedule_renders_every_frame_deterministically(pipe):
     img, audio = portrait(48), speech(0.7)
     a = pipe(img, audio, emotion="fear", crop=False, show_progress=False, schedule="rolling", steps=3)
     b = pipe(img, audio, emotion="fear", crop=False, show_progress=False, schedule="rolling", steps=3)
-    assert a.shape[0] == R.frame_count(len(audio))
+    assert a.shape[0] == render_io.frame_count(len(audio))
     np.testing.assert_array_equal(a, b)
     with pytest.raises(TalkError, match="Euler"):
         pipe(img, audio, crop=False, show_progress=False, schedule="rolling", sampler="heun")
@@ -129,7 +131,7 @@ def test_rolling_schedule_renders_every_frame_deterministically(pipe):
 @pytest.mark.parametrize("schedule", ["window", "rolling"])
 def test_guidance_interval(pipe, schedule):
     cfg = dataclasses.replace(pipe.settings, steps=6, guidance_from=0.25, guidance_to=0.75)
-    assert R.guided_steps(cfg) == {1, 2, 3}  # step centres 0.25, 0.42, 0.58 lie in [0.25, 0.75)
+    assert pipeline.guided_steps(cfg) == {1, 2, 3}  # step centres 0.25, 0.42, 0.58 lie in [0.25, 0.75)
     img, audio = portrait(48), speech(0.4)
     kw = dict(crop=False, show_progress=False, schedule=schedule, steps=2)
     unguided = pipe(img, audio, emotion="happy", guidance_ref=1, guidance_audio=1, guidance_emotion=1, **kw)
@@ -164,13 +166,13 @@ def test_intensity_walks_the_level_presets(pipe):
 
 
 def test_blend_parsing_and_mixture(pipe):
-    assert R.parse_blend("happy:0.6,surprised:0.4") == [("happy", 0.6), ("surprised", 0.4)]
-    assert R.parse_blend("Happy:3, sad:1") == [("happy", 0.75), ("sad", 0.25)]  # normalised above 1
-    assert R.parse_blend("angry") == [("angry", 1.0)]
+    assert emotion.parse_blend("happy:0.6,surprised:0.4") == [("happy", 0.6), ("surprised", 0.4)]
+    assert emotion.parse_blend("Happy:3, sad:1") == [("happy", 0.75), ("sad", 0.25)]  # normalised above 1
+    assert emotion.parse_blend("angry") == [("angry", 1.0)]
     for bad, msg in (("grumpy:1", "unknown emotion 'grumpy'"), ("happy:x", "not a number"),
                      ("happy:-1", "non-negative"), ("", "expected emotion:weight"), ("happy:0", "sum to 0")):
         with pytest.raises(TalkError, match=msg):
-            R.parse_blend(bad)
+            emotion.parse_blend(bad)
     p = pipe.prior.presets
     z = pipe.emotion(blend="happy:0.6,surprised:0.4")
     expected = 0.6 * p["emotion/happy/3"][0] + 0.4 * p["emotion/surprised/3"][0]  # intensity 1 -> level 3
@@ -241,7 +243,7 @@ def test_paste_back_keeps_picture_size_and_outside_pixels():
     picture = np.full((70, 90, 3), 40, np.uint8)
     crop = np.full((32, 32, 3), 200, np.uint8)
     M = np.array([[0.5, 0, -10], [0, 0.5, -5]], np.float32)  # picture px -> crop px: face box at x 20..84, y 10..74
-    out = R.paste_frame(crop, picture, M, R.feather_mask(32, 0.1))
+    out = render_io.paste_frame(crop, picture, M, render_io.feather_mask(32, 0.1))
     assert out.shape == picture.shape
     assert out[42, 52].tolist() == [200, 200, 200]  # centre of the face
     assert out[2, 2].tolist() == [40, 40, 40]  # outside the crop
@@ -250,7 +252,7 @@ def test_paste_back_keeps_picture_size_and_outside_pixels():
 
 @pytest.mark.skipif(not UNCROPPED.is_file(), reason="data/sources portraits not present")
 def test_crop_and_paste_back_real_portrait(pipe):
-    picture = R.load_image(UNCROPPED)
+    picture = render_io.load_image(UNCROPPED)
     frames = pipe(UNCROPPED, speech(0.3), emotion="happy", paste_back=True, show_progress=False)
     assert frames.shape[1:] == picture.shape
     # far from the face the picture is untouched
@@ -342,7 +344,7 @@ def test_evaluation_renderer_contract(pipe):
 
 def test_style_presets_and_branch(tmp_path):
     arts = make_artifacts(tmp_path / "a", Sizes(style_tokens=2))
-    pipe = R.TalkPipeline.from_pretrained(tmp_path / "a", whisper=str(arts["whisper"]), cache_dir=tmp_path / "c", steps=1)
+    pipe = pipeline.TalkPipeline.from_pretrained(tmp_path / "a", whisper=str(arts["whisper"]), cache_dir=tmp_path / "c", steps=1)
     assert pipe.has_style
     img, audio = portrait(32), speech(0.3)
     plain = pipe(img, audio, crop=False, show_progress=False)
@@ -418,6 +420,6 @@ def test_clip_backbone_renders_in_f_frame_windows(tmp_path):
     """SVD-style backbone (UNetSpatioTemporalConditionModel): windows of exactly F frames, last one padded."""
     s = Sizes(backbone="clip", target_frames=4, unet_channels=(32, 64), attention_head_dim=16)
     arts = make_artifacts(tmp_path / "a", s)
-    pipe = R.TalkPipeline.from_pretrained(tmp_path / "a", whisper=str(arts["whisper"]), cache_dir=tmp_path / "c", steps=1)
+    pipe = pipeline.TalkPipeline.from_pretrained(tmp_path / "a", whisper=str(arts["whisper"]), cache_dir=tmp_path / "c", steps=1)
     frames = pipe(portrait(32), speech(0.42), emotion="happy", crop=False, show_progress=False)  # 10.5 -> 11 frames
     assert frames.shape == (11, 32, 32, 3)  # windows 0-3, 4-7, 7-10
