@@ -111,3 +111,24 @@ def test_full_profile_has_the_same_keys_as_the_default(root):
     params = P.load(root / "profiles" / "full.yaml")
     assert params.model.image_size == 512
     assert params.model.denoiser.backbone == "clip"
+
+
+def test_code_defaults_are_params_yaml(root):
+    """params.yaml is the one source of defaults: every section's dataclass, built from no keys,
+    equals the section params.yaml ships (nested configs included), so code that builds a default
+    config (tests, the Python API) gets exactly what the pipeline runs with."""
+    shipped = P.load(root / "params.yaml")
+    differ = []
+    for name in P.SECTIONS:
+        default = P.to_plain(P.parse(P.section_class(name), {}, name))
+        file = P.to_plain(shipped.sections[name])
+
+        def walk(a, b, where):
+            if isinstance(a, dict) and isinstance(b, dict):
+                for k in sorted(set(a) | set(b)):
+                    walk(a.get(k), b.get(k), f"{where}.{k}")
+            elif a != b:
+                differ.append(f"{where}: code {a!r} != params.yaml {b!r}")
+
+        walk(default, file, name)
+    assert not differ, "\n".join(differ)
