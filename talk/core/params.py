@@ -270,6 +270,7 @@ class Base:
     device: str = dataclasses.field(default="auto", metadata=one_of("auto", "cpu", "cuda", "mps"))  # auto: CUDA if present
     threads: int = dataclasses.field(default=0, metadata=rng(0))  # torch intra-op threads; 0 = all cores
     log_level: str = dataclasses.field(default="info", metadata=one_of("debug", "info", "warning", "error"))
+    deterministic: bool = True  # deterministic torch kernels: the same run twice gives the same bits (docs/reliability.md)
 
 
 @dataclasses.dataclass(frozen=True)

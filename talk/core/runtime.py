@@ -28,7 +28,9 @@ T = TypeVar("T")
 
 
 def setup(base) -> None:
-    """Apply the ``base`` section: logging, seeds, torch threads."""
+    """Apply the ``base`` section: logging, seeds, torch threads, deterministic kernels."""
+    import os
+
     import torch
 
     if not log.handlers:
@@ -39,6 +41,12 @@ def setup(base) -> None:
     seed_everything(base.seed)
     if base.threads > 0:
         torch.set_num_threads(base.threads)
+    # Some kernels accumulate in a thread-dependent order (on CPU: the backward of indexing, e.g. a
+    # VQ codebook lookup): the same run twice differs in the last bits, and training amplifies it.
+    # Deterministic mode picks ordered kernels (warn_only: ops without one warn instead of failing).
+    if base.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
+    torch.use_deterministic_algorithms(base.deterministic, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:
