@@ -169,7 +169,7 @@ def source_fer(params) -> dict:
     """FER's reading of each unwarped, aligned source portrait (its bias before any warping)."""
     import cv2
 
-    from talk.stages.sample_data import read_sources
+    from talk.synthesis.sources import read_sources
 
     a = _Analyser()
     out = {}
@@ -216,7 +216,7 @@ def main() -> None:
             from talk.stages import sample_data as S
 
             out = Path(tmp) / "mead"
-            params = P.load(args.params, [f"sample_data.out={out}", f"sample_data.wild_out={Path(tmp) / 'wild'}"])
+            params = P.load(args.params, [f"paths.raw={tmp}"])  # writes <tmp>/mead and <tmp>/wild
             runtime.setup(params.base)
             t0, c0 = time.perf_counter(), cpu_seconds()
             summary = S.run(params)

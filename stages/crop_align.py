@@ -43,16 +43,15 @@ from talk.core import runtime
 from talk.core.errors import TalkError
 from talk.core.fs import atomic_dir, atomic_path, atomic_write_text
 from talk.core.params import rng
+from talk.data.manifest import read_manifest
 from talk.media import faces
 from talk.media import io as media
 
 T = TypeVar("T")
 
-REQUIRED = ("clip_id", "video_path", "audio_path")  # manifest columns this stage cannot do without
 EXTRA_COLUMNS = ("n_frames", "crop_dir", "source_clip_id", "frame_offset")  # added to the manifest's columns
 REJECT_COLUMNS = ("clip_id", "video_path", "reason")
 SAMPLES_PER_FRAME = media.AUDIO_RATE // media.VIDEO_FPS  # 640 audio samples per video frame
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RECORDS = ".done"  # per-input-clip records (resume)
 POOL_MIN_SECONDS = 120.0  # s of video to crop before `workers: 0` starts worker processes (~1-2 s each to start)
 FORMAT_VERSION = 1  # bump when the files written change meaning: old records are redone
@@ -82,32 +81,6 @@ class ClipResult:
 
 # --------------------------------------------------------------------------------------------
 # Manifest and shards
-
-
-def read_manifest(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise TalkError(f"manifest not found: {path} (run `talk discover` first)")
-    try:
-        df = pd.read_csv(path, dtype={"clip_id": str, "video_path": str, "audio_path": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise TalkError(f"{path}: not a readable CSV manifest ({type(e).__name__})") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise TalkError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
-    if df.empty:
-        raise TalkError(f"{path}: the manifest has no clips")
-    bad = [c for c in df["clip_id"] if not SAFE_ID.match(c)]
-    if bad:
-        raise TalkError(f"{path}: clip_id '{bad[0]}' is not a safe folder name (letters, digits, _ . -)")
-    dup = df["clip_id"][df["clip_id"].duplicated()]
-    if len(dup):
-        raise TalkError(f"{path}: clip_id '{dup.iloc[0]}' appears more than once")
-    ids = set(df["clip_id"])
-    for c in ids:
-        m = re.fullmatch(r"(.+)_s\d+", c)
-        if m and m[1] in ids:  # pieces of a split clip are named <clip_id>_s<k>
-            raise TalkError(f"{path}: clip_id '{c}' could collide with a piece of clip '{m[1]}': rename it")
-    return df
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:

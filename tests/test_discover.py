@@ -11,8 +11,10 @@ import yaml
 from talk.cli.main import app
 from talk.core import params as P
 from talk.core.errors import TalkError
+from talk.data import discovery as D
+from talk.data import manifest as M
 from talk.media import io as media
-from talk.stages import discover as D
+from talk.stages import discover as stage
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"  # as in conftest.py
 N_FRAMES, SIDE, FPS = 15, 64, 25  # 0.6 s clips: above the default discover.min_duration
@@ -38,19 +40,21 @@ def _put(src, dst):
     return dst
 
 
-def _params(tmp_path, roots, **discover):
-    cfg = {"roots": [str(r) for r in roots], "manifest": str(tmp_path / "out" / "manifest.csv"),
-           "rejects": str(tmp_path / "out" / "rejects.csv"), **discover}
+def _params(tmp_path, roots, raw=None, **discover):
+    cfg = {"roots": [str(r) for r in roots], **discover}
+    paths = {"manifest": str(tmp_path / "out" / "manifest.csv"), "rejects": str(tmp_path / "out" / "rejects.csv")}
+    if raw is not None:
+        paths["raw"] = str(raw)
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"discover": cfg}))
+    path.write_text(yaml.safe_dump({"paths": paths, "discover": cfg}))
     return path
 
 
-def _run(tmp_path, roots, **discover):
-    params = P.load(_params(tmp_path, roots, **discover))
-    D.run(params)
-    manifest = pd.read_csv(params.discover.manifest, keep_default_na=False)
-    rejects = pd.read_csv(params.discover.rejects, keep_default_na=False)
+def _run(tmp_path, roots, raw=None, **discover):
+    params = P.load(_params(tmp_path, roots, raw, **discover))
+    stage.run(params)
+    manifest = pd.read_csv(params.paths.manifest, keep_default_na=False)
+    rejects = pd.read_csv(params.paths.rejects, keep_default_na=False)
     return manifest, rejects
 
 
@@ -68,7 +72,7 @@ def _mead_tree(root, m, speakers=("M003", "M005", "W009", "W011", "W020")):
 def test_mead_layout_labels_levels_speakers_gt(tmp_path, media_files):
     root = _mead_tree(tmp_path / "mead", media_files)
     manifest, rejects = _run(tmp_path, [root])
-    assert list(manifest.columns) == list(D.COLUMNS)
+    assert list(manifest.columns) == list(M.COLUMNS)
     assert len(manifest) == 10 and len(rejects) == 0  # the left_30 view is not asked for
     row = manifest.set_index("clip_id").loc["M005_angry_3_001"]
     assert (row.speaker, row.emotion, row.level, row.subset) == ("M005", "angry", 3, "mead")
@@ -83,6 +87,20 @@ def test_mead_layout_labels_levels_speakers_gt(tmp_path, media_files):
     assert set(manifest.loc[manifest.speaker.isin(["M003", "W009"]), "split"]) == {"test"}
     assert (manifest.groupby("speaker")["split"].nunique() == 1).all()
     assert (tmp_path / "out" / "manifest.params.yaml").is_file()
+
+
+def test_roots_are_relative_to_paths_raw_unless_absolute(tmp_path, media_files):
+    raw = tmp_path / "raw"
+    _mead_tree(raw / "mead", media_files, speakers=("M005", "W011"))
+    manifest, rejects = _run(tmp_path, ["mead"], raw=raw)
+    assert len(manifest) == 4 and len(rejects) == 0
+    assert set(manifest["subset"]) == {"mead"}
+    assert all(Path(p).is_relative_to(raw / "mead") for p in manifest["video_path"])
+    cfg = D.DiscoverConfig()
+    assert cfg.root_paths(Path("/data/raw")) == (Path("/data/raw/mead"), Path("/data/raw/wild"))
+    assert D.DiscoverConfig(roots=(Path("/abs/HDTF"), Path("MEAD"))).root_paths(raw) == (Path("/abs/HDTF"), raw / "MEAD")
+    with pytest.raises(TalkError, match=r"data root not found: .*raw/wild \(discover.roots\)"):
+        _run(tmp_path, ["mead", "wild"], raw=raw)
 
 
 def test_mead_separate_audio_tree_and_bad_folders(tmp_path, media_files):
@@ -106,7 +124,7 @@ def test_flat_folder_muxed_and_wav_beside(tmp_path, media_files):
     _put(media_files / "muxed.mp4", root / "WRA_AdamKinzinger_000.mp4")
     _put(media_files / "silent.mp4", root / "RD_Radio31_001.mp4")
     _put(media_files / "tone.wav", root / "RD_Radio31_001.wav")
-    assert D.detect_layout(D._videos(root, D.Config().extensions)) == "flat"
+    assert D.detect_layout(D._videos(root, D.DiscoverConfig().extensions)) == "flat"
     manifest, rejects = _run(tmp_path, [root])
     assert len(rejects) == 0
     m = manifest.set_index("clip_id")
@@ -164,7 +182,7 @@ def test_unusable_files_are_rejected_with_reasons(tmp_path, media_files):
     _put(media_files / "tone.wav", root / "audio_only.mp4")  # a wav renamed: no video stream
     manifest, rejects = _run(tmp_path, [root])
     assert list(manifest["clip_id"]) == ["wild_good"]
-    assert list(rejects.columns) == list(D.REJECT_COLUMNS)
+    assert list(rejects.columns) == list(M.REJECT_COLUMNS)
     reasons = dict(zip(rejects["path"].map(lambda p: p.split("/")[-1]), rejects["reason"]))
     assert set(reasons) == {"truncated.mp4", "empty.mp4", "notes.mp4", "mute.mp4", "mismatch.mp4", "short.mp4", "audio_only.mp4"}
     assert "not a readable media file" in reasons["truncated.mp4"]
@@ -211,9 +229,9 @@ def _clips(n_speakers, per_speaker, subset="s"):
 def test_split_is_speaker_disjoint_deterministic_and_near_fractions():
     clips = pd.concat([_clips(40, 5, "mead"), _clips(12, 2, "wild"),
                        pd.DataFrame([{"speaker": s, "subset": "mead"} for s in ("M003", "W015") for _ in range(6)])])
-    a = D.split_speakers(clips, (0.7, 0.15, 0.15), D.Config().test_speakers, seed=3)
-    assert a == D.split_speakers(clips, (0.7, 0.15, 0.15), D.Config().test_speakers, seed=3)
-    assert a != D.split_speakers(clips, (0.7, 0.15, 0.15), D.Config().test_speakers, seed=4)
+    a = D.split_speakers(clips, (0.7, 0.15, 0.15), D.DiscoverConfig().test_speakers, seed=3)
+    assert a == D.split_speakers(clips, (0.7, 0.15, 0.15), D.DiscoverConfig().test_speakers, seed=3)
+    assert a != D.split_speakers(clips, (0.7, 0.15, 0.15), D.DiscoverConfig().test_speakers, seed=4)
     assert a["M003"] == a["W015"] == "test"
     assert set(a) == set(clips["speaker"])  # one split per speaker: disjoint by construction
     split = clips["speaker"].map(a)

@@ -12,8 +12,9 @@ import pytest
 
 from talk.cli.main import app
 from talk.media import io as media
+from talk.media import landmarks as L
 from talk.models.emotions import EMOTIONS
-from talk.stages import sample_data as S
+from talk.synthesis import clips as S
 from talk.synthesis import expressions as E
 from talk.synthesis import prosody
 
@@ -31,7 +32,7 @@ TINY = [  # 2 identities x 2 emotions x 1 level x 1 utterance of 1 s
 
 def _run(runner, out: Path, *extra: str):
     args = ["sample-data"]
-    for s in (*TINY, f"sample_data.out={out / 'mead'}", f"sample_data.wild_out={out / 'wild'}", *extra):
+    for s in (*TINY, f"paths.raw={out}", *extra):
         args += ["--set", s]
     return runner.invoke(app, args)
 
@@ -140,7 +141,7 @@ def test_deterministic_for_a_seed_whatever_the_workers(tiny, tmp_path, runner, m
         assert np.array_equal(media.read_audio(again), media.read_audio(video))
     # another seed gives other clips
     other = tmp_path / "seed1"
-    result = _run(runner, other, "sample_data.workers=1", "base.seed=1", "sample_data.wild_out=''")
+    result = _run(runner, other, "sample_data.workers=1", "base.seed=1", "sample_data.wild=false")
     assert result.exit_code == 0, result.output
     rel = "W002/video/front/happy/level_3/001.gt.csv"
     assert (other / "mead" / rel).read_text() != (tiny / "mead" / rel).read_text()
@@ -219,7 +220,7 @@ def test_emotions_keep_the_inner_lip_gap(rig, emotion):
     for gap in (0.0, 0.3):
         base = p + E.mouth_offsets(p, gap)
         moved = base + E.emotion_offsets(p, emotion, 1.0)
-        assert E.mouth_open(moved) * E.iod(moved) == pytest.approx(E.mouth_open(base) * E.iod(base), abs=1e-3)
+        assert E.mouth_open(moved) * L.interocular(moved) == pytest.approx(E.mouth_open(base) * L.interocular(base), abs=1e-3)
 
 
 def test_opening_adds_the_requested_gap(rig):
@@ -260,7 +261,7 @@ def test_blink_closes_the_lids(rig):
     p = rig.neutral
     d = E.blink_offsets(p, 1.0)
     shut = p + d
-    for up, low in E.LID_PAIRS:
+    for up, low in L.LID_PAIRS:
         assert np.linalg.norm(shut[up] - shut[low]) < 0.05
     assert np.abs(d[:36]).max() == 0 and np.abs(d[48:]).max() == 0
 

@@ -17,6 +17,7 @@ NOSE_TIP = 30
 LEFT_EYE = slice(36, 42)  # the subject's right eye, on the image's left
 RIGHT_EYE = slice(42, 48)  # the subject's left eye, on the image's right
 MOUTH = slice(48, 68)  # outer + inner lips
+MOUTH_CORNERS = (48, 54)  # outer mouth corners, image left then right
 OUTER_LIPS = slice(48, 60)
 INNER_LIPS = slice(60, 68)
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper / lower inner-lip points facing each other

@@ -2,7 +2,7 @@
 
 A neutral, frontal, closed-mouth portrait becomes a talking, emoting face by moving its dlib
 68 landmarks and warping the image piecewise-affinely over a triangle mesh built on them
-(FINDINGS "Warping real portraits into expressions"):
+(docs/findings.md "Warping real portraits into expressions"):
 
 - ``Landmarker``: dlib's HOG detector + 68-point shape predictor (weights from the
   ``face-recognition-models`` wheel).
@@ -32,23 +32,14 @@ import cv2
 import numpy as np
 
 from talk.core.errors import TalkError
+from talk.media import landmarks as L
 from talk.models.emotions import EMOTIONS
 
-# --------------------------------------------------------------------------------------------
-# dlib 68-point index groups (image left = the subject's right)
-
-JAW = tuple(range(0, 17))
-BROW_R, BROW_L = tuple(range(17, 22)), tuple(range(22, 27))
-EYE_R, EYE_L = tuple(range(36, 42)), tuple(range(42, 48))
-NOSTRILS = tuple(range(31, 36))
-OUTER_LIPS, INNER_LIPS = tuple(range(48, 60)), tuple(range(60, 68))
-INNER_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper / lower inner-lip points facing each other
-LID_PAIRS = ((37, 41), (38, 40), (43, 47), (44, 46))  # upper / lower eyelid points facing each other
-
-
-def iod(pts: np.ndarray) -> float | np.ndarray:
-    """Inter-ocular distance: between the eye centres. ``pts`` (..., 68, 2) -> (...)."""
-    return np.linalg.norm(pts[..., 36:42, :].mean(-2) - pts[..., 42:48, :].mean(-2), axis=-1)
+# dlib 68-point indices (talk/media/landmarks.py) as index tuples, for loops and np.isin
+_POINTS = np.arange(L.N_POINTS)
+JAW = tuple(_POINTS[L.JAW].tolist())
+BROWS = tuple(_POINTS[L.BROWS].tolist())
+INNER_LIPS = tuple(_POINTS[L.INNER_LIPS].tolist())
 
 
 def mouth_open(pts: np.ndarray) -> float | np.ndarray:
@@ -57,9 +48,9 @@ def mouth_open(pts: np.ndarray) -> float | np.ndarray:
     The lip-sync ground truth of the sample data, and what the quality benchmark re-measures
     with dlib on the rendered frames. ``pts`` (..., 68, 2) -> (...).
     """
-    a = pts[..., [p[0] for p in INNER_PAIRS], :]
-    b = pts[..., [p[1] for p in INNER_PAIRS], :]
-    return np.linalg.norm(a - b, axis=-1).mean(-1) / iod(pts)
+    a = pts[..., [p[0] for p in L.INNER_LIP_PAIRS], :]
+    b = pts[..., [p[1] for p in L.INNER_LIP_PAIRS], :]
+    return np.linalg.norm(a - b, axis=-1).mean(-1) / L.interocular(pts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +95,7 @@ def _m(idx, out: float = 0.0, up: float = 0.0) -> Move:
 
 
 # Level-3 displacements in IOD units (levels scale them, see ``level_scale`` in params). Level-1
-# values (x 0.5) are the ones FINDINGS measured as readable; the inner lips move only in facing
+# values (x 0.5) are the ones docs/findings.md measured as readable; the inner lips move only in facing
 # pairs by the same amount, so the inner-lip gap is unchanged, and the inner mouth corners
 # (60, 64) move with the outer ones (48, 54): ``keep_inner_gap`` enforces both.
 EMOTION_TABLE: Mapping[str, tuple[Move, ...]] = {
@@ -159,7 +150,7 @@ def keep_inner_gap(d: np.ndarray) -> np.ndarray:
     each inner mouth corner its outer corner's displacement (they are a few px apart: moving
     them differently folds the mesh)."""
     d = d.copy()
-    for a, b in INNER_PAIRS:
+    for a, b in L.INNER_LIP_PAIRS:
         d[[a, b]] = d[[a, b]].mean(0)
     d[60], d[64] = d[48], d[54]
     return d
@@ -173,8 +164,8 @@ def emotion_offsets(pts: np.ndarray, emotion: str, intensity: float) -> np.ndarr
     """
     if emotion not in EMOTION_TABLE:
         raise TalkError(f"unknown emotion '{emotion}' (one of {', '.join(EMOTIONS)})")
-    unit = float(iod(pts))
-    mid = 0.5 * (pts[EYE_R, 0].mean() + pts[EYE_L, 0].mean())
+    unit = float(L.interocular(pts))
+    mid = 0.5 * (pts[L.LEFT_EYE, 0].mean() + pts[L.RIGHT_EYE, 0].mean())
     d = np.zeros((68, 2), np.float32)
     for move in EMOTION_TABLE[emotion]:
         for i in move.idx:
@@ -190,7 +181,7 @@ def _limit_lids(pts: np.ndarray, d: np.ndarray, keep: float = 0.4) -> np.ndarray
     """Scale eyelid displacements that would close an eye below ``keep`` of its lid gap (narrow
     eyes in the source would otherwise fold over)."""
     d = d.copy()
-    for up, low in LID_PAIRS:
+    for up, low in L.LID_PAIRS:
         gap = float(pts[low, 1] - pts[up, 1])
         closing = float(d[up, 1] - d[low, 1])  # > 0: the lids move towards each other
         if gap > 0 and closing > (1 - keep) * gap:
@@ -199,7 +190,7 @@ def _limit_lids(pts: np.ndarray, d: np.ndarray, keep: float = 0.4) -> np.ndarray
 
 
 # Opening the mouth by a gap G (IOD units): how much of G each point moves down (negative: up),
-# and inwards (corners narrow as the jaw drops). FINDINGS: lower lip 0.9 G, upper lip 0.1 G,
+# and inwards (corners narrow as the jaw drops). docs/findings.md: lower lip 0.9 G, upper lip 0.1 G,
 # chin 0.85 G.
 _OPEN_DOWN = {
     61: -0.1, 62: -0.1, 63: -0.1, 50: -0.1, 51: -0.1, 52: -0.1, 49: -0.05, 53: -0.05,
@@ -212,8 +203,8 @@ _OPEN_IN = {48: 0.06, 54: 0.06, 60: 0.06, 64: 0.06, 49: 0.02, 53: 0.02, 59: 0.03
 
 def mouth_offsets(pts: np.ndarray, gap: float) -> np.ndarray:
     """(68, 2) pixel displacements opening the mouth by ``gap`` IOD (inner-lip gap grows by it)."""
-    unit = float(iod(pts))
-    mid = 0.5 * (pts[EYE_R, 0].mean() + pts[EYE_L, 0].mean())
+    unit = float(L.interocular(pts))
+    mid = 0.5 * (pts[L.LEFT_EYE, 0].mean() + pts[L.RIGHT_EYE, 0].mean())
     d = np.zeros((68, 2), np.float32)
     for i, w in _OPEN_DOWN.items():
         d[i, 1] = w * gap * unit
@@ -229,7 +220,7 @@ def blink_offsets(pts: np.ndarray, amount: float) -> np.ndarray:
     current lid gap, the lower lid 10%.
     """
     d = np.zeros((68, 2), np.float32)
-    for up, low in LID_PAIRS:
+    for up, low in L.LID_PAIRS:
         gap = pts[low] - pts[up]
         d[up] += 0.9 * amount * gap
         d[low] -= 0.1 * amount * gap
@@ -286,7 +277,7 @@ class RigSpec:
     """How a portrait is framed and meshed (the ``sample_data`` params carry these)."""
 
     size: int = 256  # px, side of the output frame
-    face_scale: float = 4.0  # output side / IOD (FINDINGS: crop ~4 IOD)
+    face_scale: float = 4.0  # output side / IOD (docs/findings.md: crop ~4 IOD)
     centre_y: float = 0.46  # vertical position of the eyes-mouth midpoint, fraction of the side
     mesh_gap: float = 0.4  # IOD, mouth opening of the layout the mesh is triangulated on
     forehead: float = 0.85  # IOD, height of the forehead row above the brows
@@ -316,18 +307,18 @@ class FaceRig:
         s = spec.size
         self.canvas, self.neutral = _align(rgb, landmarks, spec, landmarker)
         p = self.neutral
-        unit = self.unit = float(iod(p))
+        unit = self.unit = float(L.interocular(p))
         up = np.array([0.0, -1.0], np.float32)
         opened = p + mouth_offsets(p, spec.mesh_gap)
         if opened.min() < 2 or opened.max() > s - 3:
             raise TalkError("the face does not fit the frame (turned away or cut off): use a frontal portrait")
 
         helpers = [0.5 * (p[a] + p[b]) for a, b in HELPER_PAIRS]
-        fore = [p[i] + up * spec.forehead * unit for i in (*BROW_R, *BROW_L)]
+        fore = [p[i] + up * spec.forehead * unit for i in BROWS]
         fore += [p[0] + up * 0.75 * spec.forehead * unit, p[16] + up * 0.75 * spec.forehead * unit]
         ring = []
         for i in JAW:  # outside the jaw line, radially from the nose tip
-            v = p[i] - p[30]
+            v = p[i] - p[L.NOSE_TIP]
             ring.append(p[i] + v / (np.linalg.norm(v) + 1e-6) * spec.jaw_ring * unit)
         ticks = np.linspace(0, s - 1, 7)
         border = [(t, 0) for t in ticks] + [(t, s - 1) for t in ticks]
@@ -346,7 +337,7 @@ class FaceRig:
         self.tris = _delaunay(layout, (s, s))  # (T, 3)
         flip = _signed_area(layout[self.tris]) < 0
         self.tris[flip] = self.tris[flip][:, ::-1]
-        self.cavity = _inside(layout[list(INNER_LIPS)], layout[self.tris].mean(1)) & np.isin(self.tris, INNER_LIPS).all(1)
+        self.cavity = _inside(layout[L.INNER_LIPS], layout[self.tris].mean(1)) & np.isin(self.tris, INNER_LIPS).all(1)
         self.paint = _mouth_colours(self.canvas, p)
         ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
         self._xs, self._ys = xs, ys
@@ -359,7 +350,7 @@ class FaceRig:
         v = self.src.copy()
         v[:68] += d68
         v[self._helpers] += np.array([0.5 * (d68[a] + d68[b]) for a, b in HELPER_PAIRS], np.float32)
-        v[self._ring] += self.spec.ring_follow * d68[list(JAW)]
+        v[self._ring] += self.spec.ring_follow * d68[L.JAW]
         if head is not None:
             v[: self.n_moving] = apply_affine(head, v[: self.n_moving])
         return v
@@ -383,7 +374,7 @@ class FaceRig:
         map_x = coef[..., 0, 0] * self._xs + coef[..., 1, 0] * self._ys + coef[..., 2, 0]
         map_y = coef[..., 0, 1] * self._xs + coef[..., 1, 1] * self._ys + coef[..., 2, 1]
         frame = cv2.remap(self.canvas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        paint_mouth(frame, verts[list(INNER_LIPS)], self.paint, self.spec.teeth * float(iod(verts[:68])))
+        paint_mouth(frame, verts[L.INNER_LIPS], self.paint, self.spec.teeth * float(L.interocular(verts[:68])))
         return frame
 
     def safe_scale(self, d68: np.ndarray, max_gap: float, steps: int = 10) -> float:
@@ -415,8 +406,9 @@ def _align(rgb: np.ndarray, pts: np.ndarray, spec: RigSpec, landmarker: Landmark
     (size / 2, centre_y * size). Parts of the frame the photo does not cover are inpainted
     (mirror or replicate padding would draw ghost faces or streaks)."""
     s = spec.size
-    eye_r, eye_l = pts[list(EYE_R)].mean(0), pts[list(EYE_L)].mean(0)
-    centre = 0.5 * (0.5 * (eye_r + eye_l) + 0.5 * (pts[48] + pts[54]))
+    eye_r, eye_l = L.eye_centres(pts)  # the subject's right eye (image left), then the left one
+    corner_a, corner_b = L.MOUTH_CORNERS
+    centre = 0.5 * (0.5 * (eye_r + eye_l) + 0.5 * (pts[corner_a] + pts[corner_b]))
     angle = np.degrees(np.arctan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0]))
     scale = (s / spec.face_scale) / float(np.linalg.norm(eye_l - eye_r))
     img = rgb
@@ -440,7 +432,7 @@ def _align(rgb: np.ndarray, pts: np.ndarray, spec: RigSpec, landmarker: Landmark
 
 def _mouth_colours(canvas: np.ndarray, p: np.ndarray) -> MouthPaint:
     mask = np.zeros(canvas.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(p[list(OUTER_LIPS)]).astype(np.int32)], 1)
+    cv2.fillPoly(mask, [np.round(p[L.OUTER_LIPS]).astype(np.int32)], 1)
     lip = canvas[mask > 0].astype(np.float32).mean(0) if mask.any() else np.array([150, 80, 80], np.float32)
     return MouthPaint(
         interior=0.2 * lip + np.array([12, 2, 2], np.float32),
