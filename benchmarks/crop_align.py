@@ -70,7 +70,7 @@ def main() -> None:
     from rich.table import Table
 
     from talk.core import params as P
-    from talk.media import faces
+    from talk.media import cropping, faces
     from talk.media import io as media
     from talk.stages import crop_align
 
@@ -90,7 +90,7 @@ def main() -> None:
         if args.hd:
             jobs.append(generated(tmp, hd=True))
 
-        params = P.load(ROOT / "params.yaml", [f"crop_align.out={tmp / 'crops'}", *args.set])
+        params = P.load(ROOT / "params.yaml", [f"paths.crops={tmp / 'crops'}", *args.set])
         cfg, size = params.crop_align, params.model.image_size
         tracker = faces.FaceTracker(cfg.face)
         table = Table(title=f"crop_align vs PyAV decode-to-RGB ({cfg.face.crop} crop, {size} px, best of {args.repeat})")
@@ -106,7 +106,7 @@ def main() -> None:
                 base, base_cpu = min(base, wall), min(base_cpu, cpu)
                 row = {"clip_id": f"bench{k}_{r}", "video_path": str(video), "audio_path": str(audio)}
                 t0, c0 = time.perf_counter(), time.process_time()
-                result = crop_align.process_clip(row, cfg, size, tracker)
+                result = cropping.process_clip(row, cfg, size, tracker, params.paths.crops)
                 stage_s, stage_cpu = min(stage_s, time.perf_counter() - t0), min(stage_cpu, time.process_time() - c0)
                 n_out = sum(int(x["n_frames"]) for x in result.rows)
                 if result.rejects:
@@ -125,7 +125,7 @@ def main() -> None:
         manifest = tmp / "manifest.csv"
         pd.DataFrame([{"clip_id": f"clip{k}", "video_path": str(v), "audio_path": str(a)} for k, (v, a) in enumerate(jobs)]).to_csv(manifest, index=False)
         params = P.load(ROOT / "params.yaml", [
-            f"crop_align.manifest={manifest}", f"crop_align.out={tmp / 'all'}", f"crop_align.workers={args.workers}", *args.set,
+            f"paths.manifest={manifest}", f"paths.crops={tmp / 'all'}", f"crop_align.workers={args.workers}", *args.set,
         ])
         workers = args.workers
         t0 = time.perf_counter()

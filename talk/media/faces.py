@@ -41,14 +41,9 @@ import numpy as np
 from talk.core import weights
 from talk.core.errors import TalkError
 from talk.core.params import one_of, rng
+from talk.media import landmarks as L
 
 log = logging.getLogger("talk")
-
-# dlib 68-point indices (iBUG 300-W order)
-EYE_A = slice(36, 42)  # eye on the image's left (the subject's right)
-EYE_B = slice(42, 48)
-NOSE_TIP = 30
-MOUTH_A, MOUTH_B = 48, 54  # mouth corners
 
 # ArcFace's 112 x 112 five-point template (eye A, eye B, nose tip, mouth corner A, B), normalised.
 ARCFACE_5 = np.array(
@@ -450,10 +445,9 @@ def savgol(x: np.ndarray, window: int, order: int = 2) -> np.ndarray:
 
 def five_points(lm: np.ndarray) -> np.ndarray:
     """(..., 68, 2) -> (..., 5, 2): eye centres, nose tip, mouth corners (ARCFACE_5 order)."""
-    return np.stack(
-        [lm[..., EYE_A, :].mean(-2), lm[..., EYE_B, :].mean(-2), lm[..., NOSE_TIP, :], lm[..., MOUTH_A, :], lm[..., MOUTH_B, :]],
-        -2,
-    )
+    eye_a, eye_b = L.eye_centres(lm)  # image left (the subject's right), image right
+    corner_a, corner_b = L.MOUTH_CORNERS
+    return np.stack([eye_a, eye_b, lm[..., L.NOSE_TIP, :], lm[..., corner_a, :], lm[..., corner_b, :]], -2)
 
 
 def template(cfg: FaceConfig) -> np.ndarray:
