@@ -7,6 +7,7 @@ tests/fixtures/MANIFEST.tsv); /work/shared samples are used when present, skippe
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from talk.audio.features import encode_audio, plan_windows
 from talk.audio.whisper_ckpt import BUILTIN, load_whisper, locate, read_ct2
 from talk.core import params as P
 from talk.core.errors import TalkError
+from talk.data.crops import read_manifest
 from talk.media import io as media
-from talk.stages.audio_features import read_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEECH = FIXTURES / "speech_radio_3s2.wav"  # "The holidays are a time of celebrating with loved ones,"
@@ -315,8 +316,9 @@ def _params(tmp_path: Path, cache_dir: Path, manifest: Path, **overrides) -> P.P
     """Params with only the sections this stage reads (independent of other stages' modules)."""
     from talk.stages.audio_features import Config
 
-    cfg = Config(manifest=manifest, out=tmp_path / "features", **overrides)
-    sections = {"base": P.Base(threads=1), "paths": P.Paths(cache=cache_dir), "audio_features": cfg}
+    cfg = Config(**overrides)
+    paths = P.Paths(cache=cache_dir, crops=manifest.parent, audio_features=tmp_path / "features")
+    sections = {"base": P.Base(threads=1), "paths": paths, "audio_features": cfg}
     return P.Params(source=tmp_path / "params.yaml", sections=sections)
 
 
@@ -331,7 +333,7 @@ def test_stage_writes_resumes_and_cleans_up(model, speech, cache_dir, tmp_path):
     a, b = np.load(out / "a.npy"), np.load(out / "b.npy")
     assert a.shape == (160, 5, 384) and b.shape == (100, 5, 384) and a.dtype == np.float16
     wav = media.read_audio(tmp_path / "crops" / "a" / "audio.wav")
-    np.testing.assert_array_equal(a, encode_audio(wav, 80, model))  # the stage = the render-time function
+    np.testing.assert_array_equal(a, encode_audio(wav, 80, model, **params.audio_features.chunking))  # the stage = the render-time function
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["rate_hz"], meta["video_fps"], meta["audio_frames_per_video_frame"], meta["L"], meta["D"]) == (50, 25, 2, 5, 384)
     assert meta["model"]["spec"] == "tiny.en" and len(meta["model"]["encoder_sha256"]) == 64
@@ -372,21 +374,22 @@ def test_stage_unreadable_audio_is_a_user_error_and_resumes(model, speech, cache
 
 
 def test_manifest_checks(tmp_path):
-    p = tmp_path / "m.csv"
+    p = tmp_path / "manifest.csv"
+    cols = "clip_id,speaker,emotion,level,split,n_frames"
     with pytest.raises(TalkError, match="crop-align"):
-        read_manifest(p)
-    p.write_text("clip_id,n_frames\na,3\n")
-    with pytest.raises(TalkError, match="crop_dir"):
-        read_manifest(p)
-    p.write_text("clip_id,n_frames,crop_dir\na,0,x\n")
-    with pytest.raises(TalkError, match="n_frames"):
-        read_manifest(p)
-    p.write_text("clip_id,n_frames,crop_dir\n")
+        read_manifest(tmp_path)
+    p.write_text(f"{cols}\na,S1,,0,train,3\n")
+    with pytest.raises(TalkError, match=r"missing column\(s\) crop_dir"):
+        read_manifest(tmp_path)
+    p.write_text(f"{cols},crop_dir\na,S1,,0,train,0,x\n")
+    with pytest.raises(TalkError, match=r"clip 'a' has n_frames \S*\b0\b\S* \(needs a whole number >= 1\)"):
+        read_manifest(tmp_path)
+    p.write_text(f"{cols},crop_dir\n")
     with pytest.raises(TalkError, match="no clips"):
-        read_manifest(p)
-    p.write_text("clip_id,n_frames,crop_dir\na,3,x\na,4,y\n")
-    with pytest.raises(TalkError, match="duplicate"):
-        read_manifest(p)
+        read_manifest(tmp_path)
+    p.write_text(f"{cols},crop_dir\na,S1,,0,train,3,x\na,S1,,0,train,4,y\n")
+    with pytest.raises(TalkError, match="duplicate clip_id 'a'"):
+        read_manifest(tmp_path)
 
 
 def test_config_validation():
@@ -402,15 +405,16 @@ def test_cli(runner, model, speech, cache_dir, tmp_path, root, monkeypatch):
 
     monkeypatch.chdir(root)
     manifest = _crops(tmp_path / "crops", {"c": (speech, 30)})
-    sets = ["--set", f"paths.cache={cache_dir}", "--set", f"audio_features.manifest={manifest}",
-            "--set", f"audio_features.out={tmp_path / 'out'}", "--set", "base.threads=1"]
+    sets = ["--set", f"paths.cache={cache_dir}", "--set", f"paths.crops={manifest.parent}",
+            "--set", f"paths.audio_features={tmp_path / 'out'}", "--set", "base.threads=1"]
     result = runner.invoke(app, ["audio-features", "--dry-run", *sets])
     assert result.exit_code == 0 and "window_s: 30.0" in result.output
     result = runner.invoke(app, ["audio-features", *sets])
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "out" / "c.npy").shape == (60, 5, 384)
-    result = runner.invoke(app, ["audio-features", "--set", f"audio_features.manifest={tmp_path / 'none.csv'}"])
-    assert result.exit_code == 2 and "crop manifest not found" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["audio-features", "--set", f"paths.crops={tmp_path / 'none'}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert re.search(r"crop manifest \S+none/manifest\.csv not found", result.output), result.output
 
 
 def test_doctor_component(cache_dir, tmp_path):
