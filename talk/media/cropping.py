@@ -45,8 +45,6 @@ POOL_MIN_SECONDS = 120.0  # s of video to crop before `workers: 0` starts worker
 class CropConfig:
     """params.yaml ``crop_align``: reads ``paths.manifest``, writes ``paths.crops``."""
 
-    manifest: Path = Path("data/manifest.csv")  # input: discover's manifest
-    out: Path = Path("data/crops")  # output folder: one sub-folder per clip, manifest.csv, rejects.csv
     max_gap: int = dataclasses.field(default=12, metadata=rng(0))  # frames: face gaps up to this long are interpolated, longer ones split the clip
     min_frames: int = dataclasses.field(default=25, metadata=rng(1))  # frames: shorter clips (or pieces of a split clip) are rejected
     crf: int = dataclasses.field(default=12, metadata=rng(0, 51))  # H.264 constant rate factor of frames.mp4 (0 = lossless, 12 = near-lossless)
