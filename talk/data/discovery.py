@@ -41,8 +41,7 @@ from rich.table import Table
 from talk.core import runtime
 from talk.core.errors import TalkError
 from talk.core.params import rng
-from talk.data.crops import SPLITS
-from talk.data.manifest import COLUMNS, REJECT_COLUMNS
+from talk.data.manifest import COLUMNS, REJECT_COLUMNS, SPLITS
 from talk.media import io as media
 from talk.models.emotions import EMOTIONS, LEVELS
 

@@ -24,6 +24,7 @@ COLUMNS = (
     "width", "height", "has_audio", "split", "subset", "gt_path",
 )  # docs/pipeline.md "Manifest"
 REJECT_COLUMNS = ("subset", "path", "reason")
+SPLITS = ("train", "val", "test")  # values of the split column
 REQUIRED = ("clip_id", "video_path", "audio_path")  # columns a reader cannot do without (a hand-made manifest may hold only these)
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
