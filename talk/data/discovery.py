@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from talk.core import runtime
 from talk.core.errors import TalkError
@@ -403,21 +402,3 @@ def discover(cfg: DiscoverConfig, raw: Path) -> tuple[pd.DataFrame, pd.DataFrame
     return manifest[list(COLUMNS)], rejected, layouts
 
 
-def summary(manifest: pd.DataFrame, rejects: pd.DataFrame) -> Table:
-    table = Table(title="discover: clips per subset and split")
-    for col, justify in (("subset", "left"), ("split", "left"), ("clips", "right"), ("speakers", "right"),
-                         ("minutes", "right"), ("labelled", "right"), ("rejected", "right")):
-        table.add_column(col, justify=justify)
-    subsets = list(dict.fromkeys(list(manifest["subset"]) + list(rejects["subset"])))
-    for subset in subsets:
-        part = manifest[manifest["subset"] == subset]
-        n_rej = int((rejects["subset"] == subset).sum())
-        for split in SPLITS:
-            s = part[part["split"] == split]
-            if len(s):
-                table.add_row(subset, split, str(len(s)), str(s["speaker"].nunique()),
-                              f"{s['duration'].sum() / 60:.1f}", str(int((s["emotion"] != "").sum())), "")
-        table.add_row(subset, "[dim]all[/]", str(len(part)), str(part["speaker"].nunique()),
-                      f"{part['duration'].sum() / 60:.1f}", str(int((part["emotion"] != "").sum())),
-                      f"[red]{n_rej}[/]" if n_rej else "0", end_section=True)
-    return table

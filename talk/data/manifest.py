@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from rich.table import Table
 
 from talk.core.errors import TalkError
 from talk.core.fs import atomic_path
@@ -62,3 +63,24 @@ def read_manifest(path: Path) -> pd.DataFrame:
         if m and m[1] in ids:  # pieces of a split clip are named <clip_id>_s<k>
             raise TalkError(f"{path}: clip_id '{c}' could collide with a piece of clip '{m[1]}': rename it")
     return df
+
+
+def summary(manifest: pd.DataFrame, rejects: pd.DataFrame) -> Table:
+    """Clips, speakers, minutes and labelled clips per subset and split; rejects per subset."""
+    table = Table(title="discover: clips per subset and split")
+    for col, justify in (("subset", "left"), ("split", "left"), ("clips", "right"), ("speakers", "right"),
+                         ("minutes", "right"), ("labelled", "right"), ("rejected", "right")):
+        table.add_column(col, justify=justify)
+    subsets = list(dict.fromkeys(list(manifest["subset"]) + list(rejects["subset"])))
+    for subset in subsets:
+        part = manifest[manifest["subset"] == subset]
+        n_rej = int((rejects["subset"] == subset).sum())
+        for split in SPLITS:
+            s = part[part["split"] == split]
+            if len(s):
+                table.add_row(subset, split, str(len(s)), str(s["speaker"].nunique()),
+                              f"{s['duration'].sum() / 60:.1f}", str(int((s["emotion"] != "").sum())), "")
+        table.add_row(subset, "[dim]all[/]", str(len(part)), str(part["speaker"].nunique()),
+                      f"{part['duration'].sum() / 60:.1f}", str(int((part["emotion"] != "").sum())),
+                      f"[red]{n_rej}[/]" if n_rej else "0", end_section=True)
+    return table

@@ -35,6 +35,7 @@ from talk.media import landmarks as L
 from talk.models.emotions import EMOTIONS, LEVELS
 from talk.synthesis import expressions as E
 from talk.synthesis import prosody
+from talk.synthesis import rig as R
 from talk.synthesis.sources import Source
 
 DEFAULT_IDENTITIES = ("W001", "M001", "M002", "W002", "W003", "W004")
@@ -81,8 +82,8 @@ class SampleConfig:
         if len(set(self.identities)) != len(self.identities):
             raise TalkError("sample_data.identities: a speaker id repeats")
 
-    def rig_spec(self) -> E.RigSpec:
-        return E.RigSpec(size=self.size, face_scale=self.face_scale)
+    def rig_spec(self) -> R.RigSpec:
+        return R.RigSpec(size=self.size, face_scale=self.face_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,17 +171,17 @@ class ClipMaker:
 
         cv2.setNumThreads(1)
         self.cfg, self.seed = cfg, seed
-        self.rigs: dict[Path, E.FaceRig] = {}
+        self.rigs: dict[Path, R.FaceRig] = {}
         self.speech: dict[Path, np.ndarray] = {}
 
-    def rig(self, path: Path) -> E.FaceRig:
+    def rig(self, path: Path) -> R.FaceRig:
         if path not in self.rigs:
             import cv2
 
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise TalkError(f"{path}: not a readable image")
-            self.rigs[path] = E.rig_from_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.cfg.rig_spec(), str(path))
+            self.rigs[path] = R.rig_from_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.cfg.rig_spec(), str(path))
         return self.rigs[path]
 
     def audio(self, job: ClipJob, n_samples: int) -> tuple[np.ndarray, prosody.Prosody]:
