@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from talk.core.fs import sha256_file  # noqa: E402
 from talk.media import io as media  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -108,7 +108,7 @@ def trim_silence(x: np.ndarray, keep: float = 0.15) -> tuple[int, int]:
 
 
 def sha16(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def main() -> None:
