@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from talk.core import params as P
-from talk.evaluation.metrics.face import FaceAnalyzer, interocular
+from talk.evaluation.metrics.face import FaceAnalyzer
 from talk.media import io as media
+from talk.media.landmarks import interocular
 from talk.stages import evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures"
