@@ -148,11 +148,15 @@ def main() -> None:
     t2.add_row("mean", "", *(f"{np.mean([r[k] for r in sync_rows]):.3f}" for k in (2, 3)), "",
                *(f"{np.mean([r[k] for r in sync_rows]):.3f}" for k in (5, 6)))
     console.print(t2)
+    from talk.evaluation.config import Config
+
+    cfg = Config()  # the default profile's evaluate section (params.yaml's values)
     per_clip_row = sum(float(np.median(v)) for k, v in timings.items() if k != "dlib descriptor")
-    per_clip_row += float(np.median(timings["dlib descriptor"])) / 5  # descriptor_stride 5
+    per_clip_row += float(np.median(timings["dlib descriptor"])) / cfg.descriptor_stride
     console.print(f"scoring cost ~{per_clip_row * 1e3:.1f} ms per frame per row "
-                  f"({per_clip_row / base_s:.1f}x decoding); default profile (16 clips x 50 frames, real + model rows; the floor repeats one frame) "
-                  f"~{per_clip_row * 16 * 50 * 2:.0f} s; peak RSS {rss_mb():.0f} MB")
+                  f"({per_clip_row / base_s:.1f}x decoding); default profile ({cfg.max_clips} clips x {cfg.max_frames} frames, "
+                  "real + model rows; the floor repeats one frame) "
+                  f"~{per_clip_row * cfg.max_clips * cfg.max_frames * 2:.0f} s; peak RSS {rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from talk.core import params as P
-from talk.evaluation.metrics.face import FaceAnalyzer, interocular
+from talk.evaluation.config import Config
+from talk.evaluation.metrics.face import FaceAnalyzer
 from talk.media import io as media
-from talk.stages import evaluate
+from talk.media.landmarks import interocular
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -119,14 +120,16 @@ def make_crops(root: Path, n_train: int = 12, n_test: int = 20) -> Path:
     return root
 
 
-def make_params(crops: Path, out: Path, **kw) -> P.Params:
-    kw = {"max_clips": 0, "max_frames": 0, **kw}
-    cfg = evaluate.Config(crops=crops, out=out, **kw)
+def make_params(crops: Path, out: Path, prior: Path | None = None, **kw) -> P.Params:
+    """Params of a run scoring ``crops`` into ``out``: every clip and frame, each rendered from its
+    own first frame unless ``kw`` says otherwise; ``prior``: a folder holding embeddings.png."""
+    kw = {"max_clips": 0, "max_frames": 0, "reference": "first_frame", **kw}
     from talk.stages import render
 
     missing = out.parent / "no-artefacts"  # the model row needs trained artefacts; tests pass render_fn
-    render_cfg = render.Config(vae=missing / "vae", prior=missing / "prior", denoiser=missing / "diffusion")
-    sections = {"base": P.Base(), "paths": P.Paths(), "model": P.Model(), "evaluate": cfg, "render": render_cfg}
+    paths = P.Paths(crops=crops, evaluate=out, vae=missing / "vae", prior=prior or missing / "prior",
+                    finetune_disc=missing / "finetune_disc", diffusion=missing / "diffusion")
+    sections = {"base": P.Base(), "paths": paths, "model": P.Model(), "evaluate": Config(**kw), "render": render.Config()}
     return P.Params(source=Path("test-params.yaml"), sections=types.MappingProxyType(sections))
 
 

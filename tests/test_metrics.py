@@ -13,7 +13,8 @@ from eval_fixture import open_mouth
 from talk.core.errors import TalkError
 from talk.evaluation import judges
 from talk.evaluation.metrics import distribution, external, image, landmarks, sync
-from talk.evaluation.metrics.face import FaceAnalyzer, interocular
+from talk.evaluation.metrics.face import FaceAnalyzer
+from talk.media.landmarks import interocular
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,9 @@ from eval_fixture import ceiling_renderer, face_image, make_crops, make_params
 
 from talk.core import params as P
 from talk.core.errors import TalkError
+from talk.data.crops import read_manifest
+from talk.evaluation import clips
+from talk.media import io as media
 from talk.stages import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,11 +31,12 @@ def crops(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ceiling_run(crops, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "evaluate"
-    prior = out.parent / "embeddings.png"
+    prior = out.parent / "prior"
+    prior.mkdir()
     from PIL import Image
 
-    Image.fromarray(face_image("a")).save(prior)  # any PNG stands in for the prior's plot
-    params = make_params(crops, out, prior_plot=prior)
+    Image.fromarray(face_image("a")).save(prior / "embeddings.png")  # any PNG stands in for the prior's plot
+    params = make_params(crops, out, prior=prior)
     rows = evaluate.run(params, render_fn=ceiling_renderer(crops))
     return out, rows
 
@@ -48,6 +52,19 @@ def test_params_section_parses(tmp_path):
     path.write_text("evaluate:\n  max_clip: 3\n")
     with pytest.raises(TalkError, match="did you mean 'max_clips'"):
         P.load(path)
+
+
+def test_config_defaults_are_params_yaml(root):
+    shipped = P.load(root / "params.yaml").evaluate
+    assert evaluate.Config() == shipped  # the code defaults are params.yaml's values
+
+
+def test_stage_loads_the_inference_library_only_for_the_model_row():
+    import sys
+
+    code = "import sys, talk.stages.evaluate; print('talk.inference.pipeline' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]
 
 
 def test_optional_weights_listed_for_doctor(tmp_path):
@@ -118,7 +135,7 @@ def test_floor_as_model_is_flagged_and_neutral_reference(crops, tmp_path):
 
     def floor(ref, audio, emotion, level):  # the floor baseline, recording what it was given
         seen.append(ref.copy())
-        return evaluate.repeat_reference(ref, audio, emotion, level)
+        return clips.repeat_reference(ref, audio, emotion, level)
 
     params = make_params(crops, out, reference="neutral", max_clips=3, judge_frames_per_clip=4)
     rows = evaluate.run(params, render_fn=floor)
@@ -130,20 +147,19 @@ def test_floor_as_model_is_flagged_and_neutral_reference(crops, tmp_path):
     assert "does not beat the floor" in (out / "report.html").read_text()
     # reference: neutral -> every clip (the three picked are EVALA's) starts from EVALA's neutral clip
     assert notes["reference"] == "neutral" and notes["reference_fallbacks"] == 0 and len(seen) == 3
-    neutral_a = evaluate.media.read_video(crops / "EVALA_neutral_1_test" / "frames.mp4")[0]
+    neutral_a = media.read_video(crops / "EVALA_neutral_1_test" / "frames.mp4")[0]
     assert all(np.array_equal(r, neutral_a) for r in seen)
 
 
 def test_neutral_reference_lookup(crops):
-    df = evaluate.read_manifest(evaluate.Config(crops=crops))
-    cfg = evaluate.Config(crops=crops, reference="neutral")
-    neutral = evaluate.neutral_clips(df, "test")
+    df = read_manifest(crops)
+    neutral = clips.neutral_clips(df, "test")
     assert {k: v.clip_id for k, v in neutral.items()} == {"EVALA": "EVALA_neutral_1_test", "EVALB": "EVALB_neutral_1_test"}
     happy = next(r for r in df.itertuples() if r.clip_id == "EVALB_happy_1_test")
-    clip, fell_back = evaluate.load_clip(cfg, happy, 0, neutral)
-    first_neutral = evaluate.media.read_video(crops / "EVALB_neutral_1_test" / "frames.mp4")[0]
+    clip, fell_back = clips.load_clip(crops, happy, "neutral", 0, neutral)
+    first_neutral = media.read_video(crops / "EVALB_neutral_1_test" / "frames.mp4")[0]
     assert not fell_back and np.array_equal(clip.ref, first_neutral) and not np.array_equal(clip.ref, clip.frames[0])
-    clip, fell_back = evaluate.load_clip(cfg, happy, 0, {})  # no neutral clip: its own first frame
+    clip, fell_back = clips.load_clip(crops, happy, "neutral", 0, {})  # no neutral clip: its own first frame
     assert fell_back and np.array_equal(clip.ref, clip.frames[0])
 
 
@@ -151,8 +167,8 @@ def test_errors_leave_no_output(crops, tmp_path):
     out = tmp_path / "evaluate"
     with pytest.raises(TalkError, match=r"run `talk fit-vae` or `dvc repro fit_vae`"):
         evaluate.run(make_params(crops, out))
-    with pytest.raises(TalkError, match="crop manifest not found"):
-        evaluate.run(make_params(tmp_path / "nowhere", out), render_fn=evaluate.repeat_reference)
+    with pytest.raises(TalkError, match=r"crop manifest \S*nowhere\S* not found \(run `talk crop-align` first\)"):
+        evaluate.run(make_params(tmp_path / "nowhere", out), render_fn=clips.repeat_reference)
 
     def broken(ref, audio, emotion, level):  # a renderer bug: far too few frames
         return np.repeat(ref[None], 3, 0)
@@ -170,17 +186,17 @@ def test_select_spreads_over_speakers_and_emotions():
         "level": [1, 2, 1, 0, 1, 1, 2, 3],
         "split": ["test"] * 7 + ["train"],
     })
-    picked = evaluate.select(df, "test", 4)
+    picked = clips.select(df, "test", 4)
     assert sorted(zip(picked.speaker, picked.emotion)) == [("A", "happy"), ("A", "sad"), ("B", "happy"), ("B", "sad")]
-    assert len(evaluate.select(df, "test", 0)) == 6  # unlabelled clips are never scored
+    assert len(clips.select(df, "test", 0)) == 6  # unlabelled clips are never scored
 
 
 def test_conform_resizes_and_pads():
     real = np.zeros((10, 32, 32, 3), np.uint8)
-    out = evaluate.conform(np.zeros((9, 64, 64, 3), np.uint8), real, "t")
+    out = clips.conform(np.zeros((9, 64, 64, 3), np.uint8), real, "t")
     assert out.shape == real.shape
     with pytest.raises(ValueError, match="uint8"):
-        evaluate.conform(np.zeros((10, 32, 32, 3), np.float32), real, "t")
+        clips.conform(np.zeros((10, 32, 32, 3), np.float32), real, "t")
 
 
 # --------------------------------------------------------------------------------------------

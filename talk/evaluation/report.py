@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from talk.evaluation import judges
+from talk.media.io import encode_image
 from talk.models.emotions import EMOTIONS
 
 ROW_TITLES = {"model": "model", "real": "real clips (ceiling)", "floor": "reference frame repeated (floor)"}
@@ -131,9 +132,7 @@ def strip_image(by_emotion: dict[str, dict[str, np.ndarray]], size: int, label_w
             tiles.append(np.concatenate([label, *cells], axis=1))
         tiles.append(np.full((4, tiles[-1].shape[1], 3), 255, np.uint8))  # gap between emotions
     img = np.concatenate(tiles, axis=0)
-    ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 88])
-    assert ok
-    return buf.tobytes()
+    return encode_image(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
 # --------------------------------------------------------------------------------------------

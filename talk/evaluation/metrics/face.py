@@ -14,12 +14,9 @@ import hashlib
 import numpy as np
 
 from talk.core.weights import dlib_model
+from talk.media.landmarks import N_POINTS
 
-N_LANDMARKS = 68
-DESCRIPTOR_DIM = 128
-MOUTH = slice(48, 68)  # dlib 68-point indices of the outer + inner lips
-INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper / lower inner-lip points facing each other
-LEFT_EYE, RIGHT_EYE = slice(36, 42), slice(42, 48)
+DESCRIPTOR_DIM = 128  # dlib_face_recognition_resnet_model_v1's descriptor size
 
 
 @dataclasses.dataclass
@@ -37,13 +34,6 @@ class FaceTrack:
     @property
     def has_descriptor(self) -> np.ndarray:  # (T,) bool
         return ~np.isnan(self.descriptors[:, 0])
-
-
-def interocular(landmarks: np.ndarray) -> np.ndarray:
-    """Distance between the eye centres, (...,) px, of landmarks (..., 68, 2)."""
-    left = landmarks[..., LEFT_EYE, :].mean(-2)
-    right = landmarks[..., RIGHT_EYE, :].mean(-2)
-    return np.linalg.norm(right - left, axis=-1)
 
 
 class FaceAnalyzer:
@@ -131,7 +121,7 @@ class FaceAnalyzer:
             s = min(h, w) / 4
             boxes[:] = (w / 2 - s, h / 2 - s, w / 2 + s, h / 2 + s)
 
-        landmarks = np.empty((n, N_LANDMARKS, 2), np.float32)
+        landmarks = np.empty((n, N_POINTS, 2), np.float32)
         descriptors = np.full((n, DESCRIPTOR_DIM), np.nan, np.float32)
         for t, frame in enumerate(frames):
             key = digests[t] + boxes[t].tobytes()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from talk.evaluation.metrics.face import MOUTH
+from talk.media.landmarks import MOUTH
 
 LMD_REFERENCE_SIZE = 256  # px: distances are reported as if the crop were this wide
 

@@ -8,14 +8,14 @@
   (frames, positive = the mouth lags the sound) of the highest correlation within +-N frames.
 
 A frozen mouth (the floor baseline repeating its reference frame) has no variance: its
-correlation is defined as 0. SyncNet Sync-C / Sync-D live in ``stages.metrics.syncnet``.
+correlation is defined as 0. SyncNet Sync-C / Sync-D live in ``talk.evaluation.metrics.external``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from talk.evaluation.metrics.face import INNER_LIP_PAIRS, interocular
+from talk.media.landmarks import INNER_LIP_PAIRS, interocular
 
 AUDIO_RATE = 16_000  # Hz
 FPS = 25  # video frames/s
