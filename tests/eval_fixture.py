@@ -125,8 +125,9 @@ def make_params(crops: Path, out: Path, **kw) -> P.Params:
     from talk.stages import render
 
     missing = out.parent / "no-artefacts"  # the model row needs trained artefacts; tests pass render_fn
-    render_cfg = render.Config(vae=missing / "vae", prior=missing / "prior", denoiser=missing / "diffusion")
-    sections = {"base": P.Base(), "paths": P.Paths(), "model": P.Model(), "evaluate": cfg, "render": render_cfg}
+    paths = P.Paths(vae=missing / "vae", prior=missing / "prior", diffusion=missing / "diffusion",
+                    finetune_disc=missing / "finetune_disc")
+    sections = {"base": P.Base(), "paths": paths, "model": P.Model(), "evaluate": cfg, "render": render.Config()}
     return P.Params(source=Path("test-params.yaml"), sections=types.MappingProxyType(sections))
 
 
