@@ -21,7 +21,6 @@ speech tiled to ``--seconds``. All in one run, same threads:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -67,7 +66,7 @@ def main() -> None:
     from rich.table import Table
 
     from talk.core import params as P
-    from talk.inference import frames, pipeline
+    from talk.inference import frames, pipeline, schedules
     from talk.media import io as media
     from talk.models.sampling import guidance_branches
 
@@ -77,32 +76,39 @@ def main() -> None:
     params = P.load(args.params, args.sets)
     if args.artifacts is not None:
         root = args.artifacts
-        den = root / "finetune_disc" if (root / "finetune_disc").is_dir() else root / "diffusion"
-        arts = {"vae": root / "vae", "prior": root / "prior", "denoiser": den}
+        den = "finetune_disc" if (root / "finetune_disc").is_dir() else "diffusion"
+        arts = {"vae": root / "vae", "prior": root / "prior", den: root / den}
+        sets = [f"render.denoiser={den}"]
         what = f"trained artefacts in {root}"
     else:
         from render_fixture import default_profile, write_denoiser, write_prior, write_vae
 
+        from talk.inference.settings import SamplingConfig
+
         s = default_profile(params)
         t = Path(tmp.name)
+        af = params.audio_features  # the stand-in denoiser was "trained" with the profile's features and sampling
+        audio = {"whisper": af.whisper, **af.chunking}
+        sampling = SamplingConfig().override(P.to_plain(params.train_diffusion).get("sampling") or {}, "train_diffusion.sampling")
         arts = {"vae": write_vae(t / "vae", s), "prior": write_prior(t / "prior", s),
-                "denoiser": write_denoiser(t / "finetune_disc", s)}
+                "finetune_disc": write_denoiser(t / "finetune_disc", s, audio, sampling, params.crop_align.face)}
+        sets = ["render.denoiser=finetune_disc"]
         what = "untrained stand-ins of the default profile's sizes"
-    params = P.load(args.params, [*args.sets, *(f"render.{k}={v}" for k, v in arts.items())])
+    params = P.load(args.params, [*args.sets, *sets, *(f"paths.{k}={v}" for k, v in arts.items())])
     cfg = params.render
     pipe = pipeline.TalkPipeline.from_params(params, device="cpu")
-    spec = pipe.spec
+    spec, smp, loop = pipe.spec, pipe.settings.sampling, pipe.settings.loop
     n_params = sum(p.numel() for p in pipe.denoiser.parameters())
     console.print(f"[bold]render benchmark[/]: {what}; {args.threads} threads; image {pipe.image_size} px, "
                   f"latent {spec.latent_channels}x{spec.latent_size}², denoiser {n_params / 1e6:.2f} M params "
-                  f"({spec.denoiser.backbone}); steps {cfg.steps} {cfg.sampler}, {cfg.schedule} schedule, window {cfg.window}, "
-                  f"guidance ref/audio/emotion {cfg.guidance_ref}/{cfg.guidance_audio}/{cfg.guidance_emotion}")
+                  f"({spec.denoiser.backbone}); steps {smp.steps} {smp.sampler}, {loop.schedule} schedule, window {loop.window}, "
+                  f"guidance ref/audio/emotion {smp.guidance_ref}/{smp.guidance_audio}/{smp.guidance_emotion}")
 
-    speech = frames.load_speech(cfg.demo_audio)
+    speech = frames.load_speech(params.paths.sources / cfg.demo_audio)
     reps = int(np.ceil(args.seconds * media.AUDIO_RATE / len(speech)))
     audio = np.tile(speech, reps)[: int(args.seconds * media.AUDIO_RATE)]
     n = frames.frame_count(len(audio))
-    image = cfg.demo_image
+    image = params.paths.sources / cfg.demo_image
     rows: list[tuple[str, float, str]] = []  # (name, frames/s, note)
 
     # -- the whole render and its parts
@@ -114,7 +120,7 @@ def main() -> None:
     t_whisper, feats = timed(lambda: pipe.audio_features(audio, n), args.repeat)
     z = pipe.emotion("happy")
 
-    def sample(c=cfg):
+    def sample(c=pipe.settings):
         return torch.cat([lat for _, lat in pipe.generate_latents(prep.latent, feats, n, z, None, c)])
 
     t_sample, lat = timed(sample, args.repeat)
@@ -128,7 +134,7 @@ def main() -> None:
     x1 = torch.randn(1, 1, spec.latent_channels, spec.latent_size, spec.latent_size)
     sigma1 = torch.full((1,), 1.0)
     cond1 = {"ref": prep.latent[None], "motion": prep.latent.expand(spec.motion_frames, *prep.latent.shape)[None] if spec.motion_frames else None,
-             "audio": pipeline.audio_windows(feats, [0], spec.audio_window)[None], "emotion": z[None], "style": None}
+             "audio": schedules.audio_windows(feats, [0], spec.audio_window)[None], "emotion": z[None], "style": None}
     with torch.inference_mode():
         k = min(n, 50)
         t_fwd, _ = timed(lambda: [pipe.karras(x1, sigma1, **cond1) for _ in range(k)], args.repeat)
@@ -141,16 +147,17 @@ def main() -> None:
     def sample_n(c, frames):
         return torch.cat([lat for _, lat in pipe.generate_latents(prep.latent, feats[: 2 * frames], frames, z, None, c)])
 
-    t_ar, _ = timed(lambda: sample_n(dataclasses.replace(cfg, window=1, schedule="window"), n_ar), 1)
+    base = pipe.settings
+    t_ar, _ = timed(lambda: sample_n(base.replace(window=1, schedule="window"), n_ar), 1)
     ar_fps = n_ar / t_ar
     alts = {}
-    other = "rolling" if cfg.schedule == "window" else "window"
+    other = "rolling" if loop.schedule == "window" else "window"
     variants = {
-        f"schedule {other}": dataclasses.replace(cfg, schedule=other, sampler="euler"),
-        f"{2 * cfg.steps} steps": dataclasses.replace(cfg, steps=2 * cfg.steps),
-        "guidance on the middle half of the steps": dataclasses.replace(cfg, guidance_from=0.25, guidance_to=0.75),
-        "audio and emotion scales tied (2 branches)": dataclasses.replace(cfg, guidance_emotion=cfg.guidance_audio),
-        "no guidance (1 branch)": dataclasses.replace(cfg, guidance_ref=1.0, guidance_audio=1.0, guidance_emotion=1.0),
+        f"schedule {other}": base.replace(schedule=other, sampler="euler"),
+        f"{2 * smp.steps} steps": base.replace(steps=2 * smp.steps),
+        "guidance on the middle half of the steps": base.replace(guidance_from=0.25, guidance_to=0.75),
+        "audio and emotion scales tied (2 branches)": base.replace(guidance_emotion=smp.guidance_audio),
+        "no guidance (1 branch)": base.replace(guidance_ref=1.0, guidance_audio=1.0, guidance_emotion=1.0),
     }
     for label, c in variants.items():
         t_alt, _ = timed(lambda c=c: sample(c), 1)
@@ -161,15 +168,15 @@ def main() -> None:
     order = ("ref", "audio", "emotion")
     guidance = {}
     cases = []
-    for rows, frames in ((cfg.steps, 1), (1, min(cfg.window, n))):
-        for label, scales in (("default scales", {"ref": cfg.guidance_ref, "audio": cfg.guidance_audio, "emotion": cfg.guidance_emotion}),
+    for rows, frames in ((smp.steps, 1), (1, min(loop.window, n))):
+        for label, scales in (("default scales", {"ref": smp.guidance_ref, "audio": smp.guidance_audio, "emotion": smp.guidance_emotion}),
                               ("all four branches", {"ref": 1.5, "audio": 2.5, "emotion": 3.5})):
             cases.append((f"{rows} x {frames} frame(s), {label}", rows, frames, scales))
     for label, nrows, W, scales in cases:
         xw = torch.randn(nrows, W, spec.latent_channels, spec.latent_size, spec.latent_size) * 3
         sw = torch.full((nrows,), 3.0)
         condw = {k: (v.expand(nrows, *v.shape[1:]) if isinstance(v, torch.Tensor) else v) for k, v in cond1.items()}
-        condw["audio"] = pipeline.audio_windows(feats, range(W), spec.audio_window)[None].expand(nrows, -1, -1, -1, -1)
+        condw["audio"] = schedules.audio_windows(feats, range(W), spec.audio_window)[None].expand(nrows, -1, -1, -1, -1)
         guided = GuidedDenoiser(pipe.karras, scales, order)
         branches = guidance_branches(scales, order)
 
@@ -223,7 +230,7 @@ def main() -> None:
                                                       "decode": t_decode},
                   "baseline_decode_fps": decode_fps, "baseline_forward_fps": fwd_fps, "autoregressive_fps": ar_fps,
                   "alternatives_sampling_fps": alts, "guidance": guidance, "peak_rss_mb": rss,
-                  "settings": P.to_plain(cfg)}
+                  "settings": P.to_plain(pipe.settings)}
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     tmp.cleanup()
 

@@ -20,7 +20,7 @@ def embed(
         Path | None,
         typer.Option("--neutral", help="a neutral video of the same person: their own landmark template (default: the prior's population template)."),
     ] = None,
-    prior: Annotated[Path | None, typer.Option("--prior", help="trained prior folder (default: pretrain_prior.out).")] = None,
+    prior: Annotated[Path | None, typer.Option("--prior", help="trained prior folder (default: paths.prior).")] = None,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="use at most this many seconds of the clip.", min=0.04)] = 20.0,
     params_file: ParamsOpt = DEFAULT_PARAMS,
     sets: SetOpt = None,
@@ -33,6 +33,6 @@ def embed(
     mode = "audio" if audio_only else "video" if video_only else "auto"
     run_stage(
         "embed", params_file, sets, dry_run,
-        sections=("base", "model", "crop_align", "audio_features", "pretrain_prior"), module="talk.inference.embed",
+        sections=("base", "paths", "model", "crop_align", "audio_features"), module="talk.inference.embed",
         clip=clip, out=out, mode=mode, neutral=neutral, prior_dir=prior, max_seconds=max_seconds,
     )

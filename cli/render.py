@@ -18,7 +18,7 @@ from talk.cli.common import DEFAULT_PARAMS, DryRunOpt, ParamsOpt, SetOpt, load, 
 from talk.core import runtime
 from talk.core.errors import TalkError
 
-SECTIONS = ("base", "paths", "model", "render")
+SECTIONS = ("base", "paths", "render")  # what the render reads (the model settings come with the denoiser)
 
 
 def _opt(*names: str, help: str, **kw):
@@ -39,7 +39,7 @@ def render(
     guidance_audio: Annotated[float | None, _opt("--guidance-audio", help="audio (lip-sync) guidance scale.")] = None,
     guidance_emotion: Annotated[float | None, _opt("--guidance-emotion", help="emotion guidance scale.")] = None,
     guidance_style: Annotated[float | None, _opt("--guidance-style", help="style guidance scale (with --style-from).")] = None,
-    steps: Annotated[int | None, _opt("--steps", help="sampler steps.")] = None,
+    steps: Annotated[int | None, _opt("--steps", help="sampler steps (default: the denoiser's inference.json, render.sampling).")] = None,
     sampler: Annotated[str | None, _opt("--sampler", help="euler | euler_ancestral | heun | dpmpp_2m.")] = None,
     seed: Annotated[int | None, _opt("--seed", help="sampling seed.")] = None,
     window: Annotated[int | None, _opt("--window", help="frames denoised in parallel per window.")] = None,
@@ -51,16 +51,14 @@ def render(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Render a talking-portrait video (DICE-Talk / SVP inference); with no inputs, the demo set of the `render` stage."""
-    overrides = {
-        "steps": steps, "sampler": sampler, "seed": seed, "window": window, "guidance_ref": guidance_ref,
-        "guidance_audio": guidance_audio, "guidance_emotion": guidance_emotion, "guidance_style": guidance_style,
-        "intensity": intensity,
+    sampling = {  # over the denoiser's inference.json (render.sampling)
+        "steps": steps, "sampler": sampler, "guidance_ref": guidance_ref, "guidance_audio": guidance_audio,
+        "guidance_emotion": guidance_emotion, "guidance_style": guidance_style,
     }
-    if no_crop:
-        overrides["crop"] = False
-    if paste_back:
-        overrides["paste_back"] = True
-    assignments = [f"render.{k}={v}" for k, v in overrides.items() if v is not None]
+    loop = {"seed": seed, "window": window, "intensity": intensity, "crop": False if no_crop else None,
+            "paste_back": True if paste_back else None}
+    assignments = [f"render.sampling.{k}={v}" for k, v in sampling.items() if v is not None]
+    assignments += [f"render.{k}={v}" for k, v in loop.items() if v is not None]
     params = load(params_file, [*(sets or ()), *assignments])  # typed checks of every option (ranges, sampler names)
     if dry_run:
         print_config(params, SECTIONS)
@@ -69,10 +67,10 @@ def render(
         runtime.setup(params.base)
         from talk.inference import batch as batch_jobs
         from talk.inference import pipeline
-        from talk.stages import render as R
+        from talk.stages import render as stage
 
         if image is None and audio is None and batch is None:
-            R.run(params)
+            stage.run(params)
             return
         if batch is not None:
             if image is not None or audio is not None:

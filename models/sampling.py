@@ -4,7 +4,9 @@ Every sampler is ``sample_<name>(model, x, sigmas, extra_args=None, callback=Non
 where ``model(x, sigma, **extra_args)`` returns the denoised estimate (models.diffusion.KarrasDenoiser
 or a ``GuidedDenoiser`` around it), ``x`` is the initial noise already multiplied by ``sigmas[0]``,
 and ``callback`` receives ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` after each step
-(crowsonkb/k-diffusion sampling.py).
+(crowsonkb/k-diffusion sampling.py). A model that changes with the step (guidance in an interval,
+``GuidedDenoiser(steps=...)``) has ``at_step(i)``; every evaluation of step i, Heun's corrector at
+σ_{i+1} included, uses ``at_step(i)``.
 
 Guidance (DICE-Talk §3.4, extended to one scale per condition): with the conditions switched on
 cumulatively in the order reference, audio, emotion, style, the branches e_0 (nothing), e_1 (ref),
@@ -14,12 +16,15 @@ e_2 (ref+audio), e_3 (ref+audio+emotion), ... combine as
 
 Branches whose weight vanishes (equal neighbouring scales) are skipped; the rest are stacked on
 the batch axis and evaluated in ONE forward per step. DICE-Talk's released setting (three
-branches: nothing / image / image+audio+emotion) is s_audio = s_emotion.
+branches: nothing / image / image+audio+emotion) is s_audio = s_emotion. Guidance may be limited to
+the steps of an interval (Kynkäänniemi et al. 2024); the other steps run the single
+all-conditions branch, and a batch may mix guided and unguided rows (the rolling schedule's
+frames sit at different steps).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -71,12 +76,18 @@ def _s(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma * x.new_ones([x.shape[0]])
 
 
+def _at(model, i: int):
+    """The denoiser of step i: ``model.at_step(i)`` for step-dependent models, else ``model``."""
+    at_step = getattr(model, "at_step", None)
+    return model if at_step is None else at_step(i)
+
+
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, generator=None):
     """Euler steps on the probability-flow ODE (= DDIM with η = 0 for ε-models)."""
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _s(sigmas[i], x), **extra_args)
+        denoised = _at(model, i)(x, _s(sigmas[i], x), **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
@@ -88,7 +99,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, gen
     """Ancestral Euler: a deterministic step to σ_down, then fresh noise up to σ_{i+1}."""
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _s(sigmas[i], x), **extra_args)
+        denoised = _at(model, i)(x, _s(sigmas[i], x), **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -105,7 +116,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, generator=None
     """Heun's second-order method (Karras et al. 2022, Algorithm 1 without churn)."""
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _s(sigmas[i], x), **extra_args)
+        model_i = _at(model, i)  # predictor and corrector: the guidance of step i
+        denoised = model_i(x, _s(sigmas[i], x), **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         d = _d(x, sigmas[i], denoised)
@@ -114,7 +126,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, generator=None
             x = x + d * dt
         else:
             x_2 = x + d * dt
-            d_2 = _d(x_2, sigmas[i + 1], model(x_2, _s(sigmas[i + 1], x), **extra_args))
+            d_2 = _d(x_2, sigmas[i + 1], model_i(x_2, _s(sigmas[i + 1], x), **extra_args))
             x = x + (d + d_2) / 2 * dt
     return x
 
@@ -125,7 +137,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, generator=
     extra_args = extra_args or {}
     old_denoised = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _s(sigmas[i], x), **extra_args)
+        denoised = _at(model, i)(x, _s(sigmas[i], x), **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigmas[i + 1] == 0:
@@ -183,41 +195,66 @@ def guidance_branches(scales: dict[str, float], order: Sequence[str] = GUIDANCE_
     return branches
 
 
+def guidance_interval(steps: int, start: float, stop: float) -> set[int]:
+    """Steps that run every guidance branch: step i (of ``steps``) when its centre (i + 0.5) / steps
+    lies in [start, stop) (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval")."""
+    return {i for i in range(steps) if start <= (i + 0.5) / steps < stop}
+
+
 class GuidedDenoiser(nn.Module):
     """Multi-branch guidance around a denoiser D(x, σ, **cond): one batched forward per call.
 
     ``model`` must accept a ``keep`` dict of (B,) bool masks (models.denoiser.TalkDenoiser via
     KarrasDenoiser). Since every branch weight multiplies a denoised estimate and the weights sum
     to 1, combining denoised estimates equals combining ε predictions.
+
+    ``steps``: the sampler steps that are guided (``guidance_interval``; None = every step); the
+    samplers take ``at_step(i)``. ``forward(..., guided=)`` mixes rows in one batch: a guided row
+    contributes one stacked row per branch, an unguided one a single row with every condition on.
     """
 
-    def __init__(self, model: nn.Module, scales: dict[str, float], order: Sequence[str] = GUIDANCE_ORDER):
+    def __init__(self, model: nn.Module, scales: dict[str, float], order: Sequence[str] = GUIDANCE_ORDER,
+                 steps: Collection[int] | None = None):
         super().__init__()
         self.model = model
+        self.order = tuple(order)
         self.branches = guidance_branches(scales, order)
+        self.steps = None if steps is None else frozenset(int(i) for i in steps)
 
-    @staticmethod
-    def _repeat(v, n: int):
-        if isinstance(v, torch.Tensor):
-            return v.repeat(n, *([1] * (v.dim() - 1)))
-        return v
+    def guided_at(self, i: int) -> bool:
+        """Whether sampler step i runs every branch."""
+        return self.steps is None or i in self.steps
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, keep: dict | None = None, **cond) -> torch.Tensor:
-        b, n = x.shape[0], len(self.branches)
-        base = {k: v.to(torch.bool) for k, v in (keep or {}).items()}  # conditions absent for a sample stay off
-        masks: dict[str, torch.Tensor] = {}
-        for c in {c for branch, _ in self.branches for c in branch} | set(base):
-            rows = []
-            for branch, _ in self.branches:
-                on = torch.full((b,), branch.get(c, True), dtype=torch.bool, device=x.device)
-                rows.append(on & base[c].to(x.device) if c in base else on)
-            masks[c] = torch.cat(rows)
-        out = self.model(
-            self._repeat(x, n), self._repeat(sigma, n), keep=masks, **{k: self._repeat(v, n) for k, v in cond.items()}
-        )  # (n·B, ...)
-        outs = out.view(n, b, *out.shape[1:])
-        weights = torch.tensor([w for _, w in self.branches], dtype=out.dtype, device=out.device)
-        return torch.einsum("n,nb...->b...", weights, outs)
+    def at_step(self, i: int):
+        """D(x, σ, **cond) of sampler step i (guided or the single all-conditions branch)."""
+        flag = self.guided_at(i)
+        return lambda x, sigma, **cond: self(x, sigma, guided=flag, **cond)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, keep: dict | None = None,
+                guided: bool | Sequence[bool] | None = None, **cond) -> torch.Tensor:
+        """x (B, ...), sigma (B,), cond tensors with batch B; ``keep`` (B,) masks of conditions absent
+        for a sample (off in every branch); ``guided``: per row, or one bool for all (None = True)."""
+        b = x.shape[0]
+        flags = [True] * b if guided is None else [bool(guided)] * b if isinstance(guided, bool) else [bool(g) for g in guided]
+        if len(flags) != b:
+            raise ValueError(f"guided has {len(flags)} flags for a batch of {b}")
+        full = [({c: True for c in self.order}, 1.0)]
+        src, weight, masks = [], [], {c: [] for c in self.order}  # branch keys are a subset of the order
+        for j, g in enumerate(flags):  # row j's branches, side by side
+            for branch, w in self.branches if g else full:
+                src.append(j)
+                weight.append(w)
+                for c in masks:
+                    masks[c].append(branch.get(c, True))
+        idx = torch.tensor(src, device=x.device)
+        rows = {c: torch.tensor(v, device=x.device) for c, v in masks.items()}
+        for c, on in (keep or {}).items():  # conditions absent for a sample stay off
+            on = on.to(device=x.device, dtype=torch.bool)[idx]
+            rows[c] = rows[c] & on if c in rows else on
+        out = self.model(x[idx], sigma[idx], keep=rows,
+                         **{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in cond.items()})  # (R, ...)
+        w = torch.tensor(weight, dtype=out.dtype, device=out.device).view(-1, *([1] * (out.dim() - 1)))
+        return torch.zeros_like(x, dtype=out.dtype).index_add_(0, idx, out * w)
 
 
 def sample(
@@ -247,6 +284,7 @@ __all__ = [
     "get_sampler",
     "get_sigmas",
     "guidance_branches",
+    "guidance_interval",
     "per_sample_noise",
     "sample",
 ]

@@ -1,9 +1,10 @@
 """Untrained stand-in artefacts in the real formats, for render tests and benchmarks/render.py.
 
 Every model is instantiated from the project's real classes and written by the real writers
-(``fit_vae.save_vae``, pretrain_prior's config.json + safetensors + ``save_presets``,
-``train_diffusion.save_denoiser``, an openai-whisper checkpoint dict), so ``TalkPipeline`` loads them
-exactly as it loads trained ones. Weights are random: speed and plumbing, not quality.
+(``save_vae``, pretrain_prior's config.json + safetensors + ``save_presets``, ``save_denoiser``
+with the ``inference.json`` train_diffusion writes beside it, an openai-whisper checkpoint dict),
+so ``TalkPipeline`` loads them exactly as it loads trained ones. Weights are random: speed and
+plumbing, not quality.
 """
 
 from __future__ import annotations
@@ -155,27 +156,41 @@ def denoiser_spec(s: Sizes):
     )
 
 
-def write_denoiser(folder: Path, s: Sizes) -> Path:
+AUDIO = {"whisper": "tiny.en", "window_s": 30.0, "context_s": 5.0, "pad_windows": False, "batch": 4,
+         "precision": "float32"}  # inference.json audio settings of the stand-in denoiser (encode_audio's defaults)
+
+
+def write_denoiser(folder: Path, s: Sizes, audio: dict | None = None, sampling=None, face=None) -> Path:
+    """train_diffusion's format: config.json, model.safetensors, scheduler_config.json and the
+    render-time settings inference.json (``sampling``: a SamplingConfig, default its defaults;
+    ``audio``: AUDIO with overrides; ``face``: a FaceConfig, default its defaults)."""
     from talk.artifacts.denoiser import build_denoiser, save_denoiser
+    from talk.core.params import to_plain
+    from talk.inference import settings
+    from talk.media.faces import FaceConfig
     from talk.models.emotion_bank import EmotionBank
 
     _, bank = prior_configs(s)
     torch.manual_seed(4)
     model = build_denoiser(denoiser_spec(s), EmotionBank(bank))
     save_denoiser(model, folder)
+    settings.write(folder, sampling or settings.SamplingConfig(), {**AUDIO, **(audio or {})},
+                   to_plain(face or FaceConfig()), s.image_size)
     return folder
 
 
 def make_artifacts(root: Path, s: Sizes | None = None) -> dict[str, Path]:
-    """``root/{vae,prior,finetune_disc,whisper.pt}`` in the real formats. Returns the paths."""
+    """``root/{vae,prior,finetune_disc,whisper.pt}`` in the real formats (the denoiser's
+    inference.json names whisper.pt). Returns the paths."""
     s = s or Sizes()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    whisper = tiny_whisper(root / "whisper.pt", s.whisper_layers, s.whisper_width)
     return {
         "vae": write_vae(root / "vae", s),
         "prior": write_prior(root / "prior", s),
-        "denoiser": write_denoiser(root / "finetune_disc", s),
-        "whisper": tiny_whisper(root / "whisper.pt", s.whisper_layers, s.whisper_width),
+        "denoiser": write_denoiser(root / "finetune_disc", s, {"whisper": str(whisper)}),
+        "whisper": whisper,
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from render_fixture import Sizes, make_artifacts, portrait, speech  # noqa: E402
 
 from talk.cli.main import app  # noqa: E402
 from talk.core.errors import TalkError  # noqa: E402
-from talk.inference import emotion, pipeline
-from talk.inference import frames as render_io
+from talk.inference import emotion, pipeline, schedules  # noqa: E402
+from talk.inference import frames as render_io  # noqa: E402
 from talk.media import io as media  # noqa: E402
 from talk.models.emotions import EMOTIONS  # noqa: E402
 from talk.stages import render as R  # noqa: E402
@@ -49,12 +48,11 @@ def inputs(tmp_path_factory):
     return d
 
 
-def write_params(path: Path, arts: dict, **render) -> Path:
+def write_params(path: Path, arts: dict, paths: dict | None = None, **render) -> Path:
     data = {
-        "audio_features": {"whisper": str(arts["whisper"])},
-        "render": {"vae": str(arts["vae"]), "prior": str(arts["prior"]), "denoiser": str(arts["denoiser"]),
-                   "steps": 2, **render},
-        "paths": {"cache": str(path.parent / "cache")},
+        "render": {"sampling": {"steps": 2}, **render},
+        "paths": {"vae": str(arts["vae"]), "prior": str(arts["prior"]), "finetune_disc": str(arts["denoiser"]),
+                  "cache": str(path.parent / "cache"), **(paths or {})},
     }
     path.write_text(yaml.safe_dump(data))
     return path
@@ -106,14 +104,14 @@ def test_long_audio_windows_cover_every_frame_once(pipe):
     ref = torch.zeros(pipe.spec.latent_channels, pipe.spec.latent_size, pipe.spec.latent_size)
     feats = torch.randn(2 * n, pipe.spec.audio_layers, pipe.spec.audio_dim)
     z = pipe.emotion("happy")
-    cfg = dataclasses.replace(pipe.settings, schedule="window", window=10, overlap=3, steps=1)
+    cfg = pipe.settings.replace(schedule="window", window=10, overlap=3, steps=1)
     starts, total = [], 0
     for s, lat in pipe.generate_latents(ref, feats, n, z, None, cfg):
         assert s == total
         starts.append(s)
         total += len(lat)
     assert total == n and len(starts) > 1
-    windows = pipeline.plan_windows(n, 10, 3)
+    windows = schedules.plan_windows(n, 10, 3)
     assert windows[0][0] == 0 and windows[-1][1] == n
     assert all(b[0] <= a[1] - 3 for a, b in zip(windows, windows[1:]))
 
@@ -130,8 +128,8 @@ def test_rolling_schedule_renders_every_frame_deterministically(pipe):
 
 @pytest.mark.parametrize("schedule", ["window", "rolling"])
 def test_guidance_interval(pipe, schedule):
-    cfg = dataclasses.replace(pipe.settings, steps=6, guidance_from=0.25, guidance_to=0.75)
-    assert pipeline.guided_steps(cfg) == {1, 2, 3}  # step centres 0.25, 0.42, 0.58 lie in [0.25, 0.75)
+    cfg = pipe.settings.replace(steps=6, guidance_from=0.25, guidance_to=0.75)
+    assert cfg.sampling.guided_steps() == {1, 2, 3}  # step centres 0.25, 0.42, 0.58 lie in [0.25, 0.75)
     img, audio = portrait(48), speech(0.4)
     kw = dict(crop=False, show_progress=False, schedule=schedule, steps=2)
     unguided = pipe(img, audio, emotion="happy", guidance_ref=1, guidance_audio=1, guidance_emotion=1, **kw)
@@ -227,7 +225,8 @@ def test_batched_guidance_equals_separate_forwards(pipe):
             separate = separate + w * pipe.karras(x, sigma, keep=masks, **cond)
     torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-4)
     # the rolling schedule's mixed batch: guided rows (every branch) and unguided rows, one forward
-    mixed = pipe.forward_rows(x, sigma, cond, [True, False], scales, ("ref", "audio", "emotion"))
+    with torch.no_grad():
+        mixed = guided(x, sigma, guided=[True, False], **cond)
     torch.testing.assert_close(mixed[0], separate[0], rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         plain = pipe.karras(x, sigma, **cond)
@@ -318,9 +317,9 @@ def test_stage_renders_demo_set(arts, inputs, tmp_path):
     from talk.core import params as P
     from talk.core import runtime
 
-    path = write_params(tmp_path / "p.yaml", arts, crop=False, demo_image=str(inputs / "face.png"),
-                        demo_audio=str(inputs / "speech.wav"), demo_seconds=0.5, emotions=["neutral", "happy", "sad"],
-                        out=str(tmp_path / "render"), sheet_frames=3, sheet_size=32)
+    path = write_params(tmp_path / "p.yaml", arts, paths={"sources": str(inputs), "render": str(tmp_path / "render")},
+                        crop=False, demo_image="face.png", demo_audio="speech.wav", demo_seconds=0.5,
+                        emotions=["neutral", "happy", "sad"], sheet_frames=3, sheet_size=32)
     params = P.load(path)
     runtime.setup(params.base)
     summary = R.run(params)
@@ -383,7 +382,7 @@ def test_reanchoring_stops_accumulated_drift(pipe, monkeypatch, schedule):
     z = pipe.emotion("neutral")
 
     def window_means(**kw):
-        cfg = dataclasses.replace(pipe.settings, window=10, steps=2, schedule=schedule, **kw)
+        cfg = pipe.settings.replace(window=10, steps=2, schedule=schedule, **kw)
         lat = torch.cat([x for _, x in pipe.generate_latents(ref, feats, n, z, None, cfg)])
         return lat.view(10, -1).mean(1)  # mean latent of each window
 
@@ -423,3 +422,90 @@ def test_clip_backbone_renders_in_f_frame_windows(tmp_path):
     pipe = pipeline.TalkPipeline.from_pretrained(tmp_path / "a", whisper=str(arts["whisper"]), cache_dir=tmp_path / "c", steps=1)
     frames = pipe(portrait(32), speech(0.42), emotion="happy", crop=False, show_progress=False)  # 10.5 -> 11 frames
     assert frames.shape == (11, 32, 32, 3)  # windows 0-3, 4-7, 7-10
+
+
+# --------------------------------------------------------------------------------------------
+# The frames themselves: pinned against the pipeline before the layout split
+
+
+PINNED = {  # case -> (emotion, settings); frames in tests/fixtures/render_pinned.npz
+    "rolling": ("happy", dict(schedule="rolling", steps=3, guidance_ref=1.0, guidance_audio=2.0, guidance_emotion=3.0,
+                              guidance_from=0.2, guidance_to=0.8)),
+    "window": ("sad", dict(schedule="window", window=4, overlap=1, steps=2, guidance_ref=1.5, guidance_audio=2.0,
+                           guidance_emotion=3.0, guidance_from=0.0, guidance_to=1.0)),
+    "heun": ("angry", dict(schedule="window", window=6, sampler="heun", steps=3, sigmas="uniform", guidance_ref=1.0,
+                           guidance_audio=2.0, guidance_emotion=2.5, guidance_from=0.0, guidance_to=1.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_frames_match_the_pre_split_pipeline(pipe, case):
+    """0.4 s renders of the fixture equal the frames the pipeline made before it was split into
+    modules (commit 0ad2028, same fixture and settings). A 0.1 change of one guidance scale moves
+    frames by ~0.5 grey levels on average; float reassociation by at most one level here and there."""
+    want = np.load(Path(__file__).parent / "fixtures" / "render_pinned.npz")[case]
+    emo, settings = PINNED[case]
+    got = pipe(portrait(32), speech(0.4), emotion=emo, crop=False, show_progress=False, **settings)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert got.shape == want.shape
+    assert diff.max() <= 1 and diff.mean() < 0.01, (case, diff.max(), diff.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: the denoiser's inference.json, render.sampling over it, per-call keys over both
+
+
+def test_settings_come_from_the_denoisers_inference_json(tmp_path):
+    from render_fixture import AUDIO
+
+    from talk.core import params as P
+    from talk.inference import settings
+    from talk.media.faces import FaceConfig
+
+    arts = make_artifacts(tmp_path / "a")
+    trained = settings.SamplingConfig(steps=3, guidance_emotion=4.0, guidance_from=0.0)
+    settings.write(arts["denoiser"], trained, {**AUDIO, "whisper": str(arts["whisper"]), "precision": "bfloat16",
+                                               "context_s": 4.0}, P.to_plain(FaceConfig(box_expand=0.4)), 32)
+    pipe = pipeline.TalkPipeline.from_pretrained(tmp_path / "a", cache_dir=tmp_path / "c")  # Whisper: inference.json's
+    assert pipe.settings.sampling == trained
+    assert pipe.chunking == {**{k: AUDIO[k] for k in pipe.chunking}, "precision": "bfloat16", "context_s": 4.0}
+    assert pipe.aligner.cfg.box_expand == 0.4
+    # render.sampling overrides single keys (the CLI's --steps / --guidance-* land there), the rest stays the model's
+    params = P.load(write_params(tmp_path / "p.yaml", arts, sampling={"guidance_emotion": 3.0}), ["render.sampling.steps=4"])
+    pipe = pipeline.TalkPipeline.from_params(params)
+    assert pipe.settings.sampling == settings.SamplingConfig(steps=4, guidance_emotion=3.0, guidance_from=0.0)
+    assert pipe.settings.replace(steps=6, window=7).sampling.steps == 6  # per call, over both
+    assert pipe.settings.replace(window=7).loop.window == 7
+    with pytest.raises(TalkError, match="sampler"):
+        pipe.settings.replace(sampler="magic")
+    with pytest.raises(TypeError, match="unknown render setting"):
+        pipe.settings.replace(stepz=3)
+    with pytest.raises(TalkError, match="unknown key 'guidance_emo'"):
+        P.load(write_params(tmp_path / "q.yaml", arts, sampling={"guidance_emo": 3.0}))
+    (arts["denoiser"] / settings.FILE).unlink()
+    with pytest.raises(TalkError, match=r"inference.json not found.*`talk finetune-disc`"):
+        pipeline.TalkPipeline.from_params(params)
+
+
+def test_render_denoiser_picks_the_paths_entry(arts, tmp_path):
+    from talk.core import params as P
+
+    params = P.load(write_params(tmp_path / "p.yaml", arts, paths={"diffusion": str(tmp_path / "no-diffusion")},
+                                 denoiser="diffusion"))
+    with pytest.raises(TalkError, match="no-diffusion; run `talk train-diffusion` or `dvc repro train_diffusion`$"):
+        pipeline.TalkPipeline.from_params(params)
+    with pytest.raises(TalkError, match="not one of"):
+        P.load(write_params(tmp_path / "q.yaml", arts, denoiser="artifacts/diffusion"))
+
+
+def test_render_config_defaults_are_params_yaml():
+    from talk.core import params as P
+
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["render"]
+    assert P.to_plain(R.Config()) == shipped
+
+
+def test_top_level_import_is_lazy():
+    import talk
+
+    assert talk.TalkPipeline is pipeline.TalkPipeline

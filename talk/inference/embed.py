@@ -7,15 +7,15 @@ faces are tracked and cropped like `crop_align` (talk/media/faces.py: the same t
 interpolation and landmark smoothing), the audio is encoded like `audio_features`
 (stages/audio_features.py: the same Whisper and chunking), landmarks are normalised like
 talk/data/clips.py, with the population template of the prior (or the template of a neutral
-clip of the same person, ``neutral``), and the trained prior (``pretrain_prior.out``) embeds them.
+clip of the same person, ``neutral``), and the trained prior (``paths.prior``) embeds them.
 
 Output (.npz, no pickles): ``mu``, ``logvar`` (the emotion head: what the Emotion Bank reads),
 ``style_mu``, ``style_logvar`` (when the prior has a style head), ``source``, ``mode``
 (``both`` / ``audio`` / ``video``), ``n_frames``, ``template``, and the match probability of the
 clip against every emotion preset (``preset_names``, ``preset_match``).
 
-``embed_clip(path, prior, whisper, chunking, ...)`` is the library entry point (render's
-``--emotion-from`` / ``--style-from``); ``run`` is `talk embed`.
+``embed_clip(path, prior, whisper, chunking, ...)`` is the library entry point, ``embed_reference``
+render's ``--emotion-from`` / ``--style-from``; ``run`` is `talk embed`.
 """
 
 from __future__ import annotations
@@ -162,6 +162,27 @@ def embed_clip(
     return res
 
 
+def embed_reference(path: Path, prior, whisper, head: str, chunking: dict, face=None,
+                    image_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, logvar) of ``head`` (emotion / style) for a reference clip (video and/or audio, through
+    ``embed_clip``) or a `talk embed` .npz: render's ``--emotion-from`` / ``--style-from``."""
+    path = Path(path)
+    if not path.is_file():
+        raise TalkError(f"reference clip not found: {path}")
+    prefix = "" if head == prior.model.bank_head else f"{head}_"
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if f"{prefix}mu" not in z or f"{prefix}logvar" not in z:
+                    raise TalkError(f"{path}: no {prefix}mu / {prefix}logvar arrays (write it with `talk embed`)")
+                return np.asarray(z[f"{prefix}mu"], np.float32).reshape(-1), np.asarray(z[f"{prefix}logvar"], np.float32).reshape(-1)
+        except (OSError, ValueError) as e:
+            raise TalkError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+    result = embed_clip(path, prior, whisper, chunking, face=face, image_size=image_size)
+    mu, logvar = result[f"{prefix}mu"], result[f"{prefix}logvar"]
+    return np.asarray(mu, np.float32).reshape(-1), np.asarray(logvar, np.float32).reshape(-1)
+
+
 def _report(res: dict[str, np.ndarray]) -> None:
     from rich.table import Table
 
@@ -177,11 +198,11 @@ def _report(res: dict[str, np.ndarray]) -> None:
 
 def run(params, clip: Path, out: Path, mode: str = "auto", neutral: Path | None = None,
         prior_dir: Path | None = None, max_seconds: float = 20.0) -> Path:
-    """Embed ``clip`` with the prior in ``prior_dir`` (default ``pretrain_prior.out``); write ``out`` (.npz)."""
+    """Embed ``clip`` with the prior in ``prior_dir`` (default ``paths.prior``); write ``out`` (.npz)."""
     from talk.artifacts.prior import load_prior
 
     mode = resolve_mode(media.probe(clip), mode)
-    prior = load_prior(prior_dir or params.pretrain_prior.out)
+    prior = load_prior(prior_dir or params.paths.prior)
     whisper = None
     if mode in ("both", "audio"):
         from talk.audio.whisper_ckpt import load_whisper

@@ -1,5 +1,5 @@
 """Inputs and outputs of a render: portrait and speech files, frame counts at 25 fps, paste-back of
-the generated crop into the full picture, and the output audio track."""
+the generated crop into the full picture, the output audio track, and the demo contact sheet."""
 
 from __future__ import annotations
 
@@ -107,3 +107,20 @@ def fit_length(samples: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n, np.float32)
     out[: min(n, len(samples))] = samples[:n]
     return out
+
+
+def contact_sheet(rows: dict[str, np.ndarray], n: int, size: int) -> np.ndarray:
+    """One row per name: ``n`` evenly spaced frames of its (T, H, W, 3) video, ``size`` px each,
+    the name drawn on the first -> (rows * size, n * size, 3) uint8."""
+    import cv2
+
+    sheet = []
+    for name, frames in rows.items():
+        pick = np.linspace(0, len(frames) - 1, n).round().astype(int)
+        cells = [cv2.resize(frames[i], (size, size), interpolation=cv2.INTER_AREA) for i in pick]
+        label = np.ascontiguousarray(cells[0])
+        cv2.putText(label, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(label, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cells[0] = label
+        sheet.append(np.concatenate(cells, axis=1))
+    return np.concatenate(sheet, axis=0)

@@ -48,9 +48,10 @@ class SamplingConfig:
             raise TalkError(f"sampling: guidance_from ({self.guidance_from}) is after guidance_to ({self.guidance_to})")
 
     def guided_steps(self) -> set[int]:
-        """Steps that run every guidance branch: step i (of n) when its centre (i + 0.5) / n lies in
-        [guidance_from, guidance_to) (Kynkäänniemi et al. 2024, guidance in a limited interval)."""
-        return {i for i in range(self.steps) if self.guidance_from <= (i + 0.5) / self.steps < self.guidance_to}
+        """Steps that run every guidance branch (``talk.models.sampling.guidance_interval``)."""
+        from talk.models.sampling import guidance_interval  # torch: only when sampling
+
+        return guidance_interval(self.steps, self.guidance_from, self.guidance_to)
 
     def scales(self) -> dict[str, float]:
         return {"ref": self.guidance_ref, "audio": self.guidance_audio, "emotion": self.guidance_emotion,
