@@ -20,7 +20,7 @@ def embed(
         Path | None,
         typer.Option("--neutral", help="a neutral video of the same person: their own landmark template (default: the prior's population template)."),
     ] = None,
-    prior: Annotated[Path | None, typer.Option("--prior", help="trained prior folder (default: pretrain_prior.out).")] = None,
+    prior: Annotated[Path | None, typer.Option("--prior", help="trained prior folder (default: paths.prior).")] = None,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="use at most this many seconds of the clip.", min=0.04)] = 20.0,
     params_file: ParamsOpt = DEFAULT_PARAMS,
     sets: SetOpt = None,

@@ -209,14 +209,15 @@ def test_match_probability_prefers_close_gaussians():
 # The stage on a synthetic fixture
 
 
-def stage_params(tmp: Path, crops: Path, feats: Path, out: Path, **over) -> P.Params:
+def stage_params(tmp: Path, crops: Path, feats: Path, out: Path, loop: dict | None = None, **over) -> P.Params:
     from talk.stages.pretrain_prior import Config
 
-    cfg = {"crops": str(crops), "audio_features": str(feats), "out": str(out), "steps": 40, "batch_clips": 8,
-           "window": 1.0, "eval_every": 10, "patience": 3, "restart_every": 10, **over}
+    cfg = {"window": 1.0, "eval_every": 10, "patience": 3, "restart_every": 10,
+           "loop": {"steps": 40, "batch_size": 8, "checkpoint_every": 20, **(loop or {})}, **over}
     sections = {
         "base": P.parse(P.Base, {"threads": 1}, "base"),
-        "paths": P.parse(P.Paths, {"cache": str(tmp / "cache")}, "paths"),
+        "paths": P.parse(P.Paths, {"cache": str(tmp / "cache"), "crops": str(crops), "audio_features": str(feats),
+                                   "prior": str(out)}, "paths"),
         "model": P.parse(P.Model, {"prior": TINY_PRIOR, "bank": TINY_BANK}, "model"),
         "pretrain_prior": P.parse(Config, cfg, "pretrain_prior"),
     }
@@ -265,7 +266,7 @@ def test_stage_writes_every_file_and_learns_emotion(trained):
 def test_checkpoint_round_trip_reproduces_the_embeddings(trained):
     from talk.artifacts.prior import load_prior
     from talk.data.clips import ClipSet
-    from talk.stages.pretrain_prior import embed_clips
+    from talk.training.prior import embed_clips
 
     a, b = load_prior(trained.out), load_prior(trained.out)
     for k, v in a.model.state_dict().items():
@@ -431,7 +432,7 @@ def test_damaged_checkpoint_is_a_user_error(trained, tmp_path):
     copy = tmp_path / "prior"
     shutil.copytree(trained.out, copy)
     (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:1000])
-    with pytest.raises(TalkError, match="not a readable safetensors"):
+    with pytest.raises(TalkError, match="truncated or not a safetensors file"):
         load_prior(copy)
     cfg = json.loads((trained.out / "config.json").read_text())
     cfg["prior"]["width"] = 48

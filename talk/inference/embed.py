@@ -7,7 +7,7 @@ faces are tracked and cropped like `crop_align` (talk/media/faces.py: the same t
 interpolation and landmark smoothing), the audio is encoded like `audio_features`
 (stages/audio_features.py: the same Whisper and chunking), landmarks are normalised like
 talk/data/clips.py, with the population template of the prior (or the template of a neutral
-clip of the same person, ``neutral``), and the trained prior (``pretrain_prior.out``) embeds them.
+clip of the same person, ``neutral``), and the trained prior (``paths.prior``) embeds them.
 
 Output (.npz, no pickles): ``mu``, ``logvar`` (the emotion head: what the Emotion Bank reads),
 ``style_mu``, ``style_logvar`` (when the prior has a style head), ``source``, ``mode``
@@ -177,11 +177,11 @@ def _report(res: dict[str, np.ndarray]) -> None:
 
 def run(params, clip: Path, out: Path, mode: str = "auto", neutral: Path | None = None,
         prior_dir: Path | None = None, max_seconds: float = 20.0) -> Path:
-    """Embed ``clip`` with the prior in ``prior_dir`` (default ``pretrain_prior.out``); write ``out`` (.npz)."""
+    """Embed ``clip`` with the prior in ``prior_dir`` (default ``paths.prior``); write ``out`` (.npz)."""
     from talk.artifacts.prior import load_prior
 
     mode = resolve_mode(media.probe(clip), mode)
-    prior = load_prior(prior_dir or params.pretrain_prior.out)
+    prior = load_prior(prior_dir or params.paths.prior)
     whisper = None
     if mode in ("both", "audio"):
         from talk.audio.whisper_ckpt import load_whisper
