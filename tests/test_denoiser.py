@@ -434,3 +434,125 @@ def test_cli_train_diffusion_then_finetune_disc(tmp_path, runner, monkeypatch):
     # a bad input is one line and exit 2
     result = runner.invoke(app, ["train-diffusion", "--params", str(params), "--set", f"paths.prior={tmp_path / 'nope'}"])
     assert result.exit_code == 2 and "Traceback" not in result.output and "pretrain-prior" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop (talk/training/trainer.py): divergence, schedules, early stopping
+
+
+class _Line(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return (self.w * x).sum()
+
+
+def _line_trainer(tmp_path, stopper=None, **loop):
+    from talk.training.trainer import Trainer
+
+    cfg = LoopConfig(**{"steps": 6, "batch_size": 1, "warmup_steps": 0, "checkpoint_every": 2, "ema_decay": 0.0,
+                        "log_every": 1, **loop})
+    torch.manual_seed(0)
+    return Trainer(cfg, _Line(), tmp_path / "ckpt", {"test": 1}, seed=0, device="cpu", name="line", stopper=stopper)
+
+
+def _ones():
+    while True:
+        yield {"x": torch.ones(3)}
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_terms(tmp_path):
+    from talk.core.errors import TalkError
+    from talk.training.trainer import StepResult
+
+    def loss_fn(model, batch, g, step):
+        value = model(batch["x"]) * (float("nan") if step == 2 else 1.0)
+        return StepResult(value, {"mse": float(value.detach()), "vq_loss": 0.5})
+
+    trainer = _line_trainer(tmp_path)
+    with pytest.raises(TalkError, match=r"step 3 \(total=nan, mse=nan, vq_loss=0.5\)") as e:
+        trainer.fit(_ones(), loss_fn)
+    assert "line:" in str(e.value) and trainer.step == 2
+    assert [p.name for p in trainer.checkpoints()] == ["step-0000002"]  # nothing saved after the bad step
+
+
+def test_changing_steps_of_a_cosine_run_is_refused(tmp_path):
+    from talk.core.errors import TalkError
+    from talk.training.trainer import StepResult
+
+    def loss_fn(model, batch, g, step):
+        return StepResult(model(batch["x"]) ** 2, {})
+
+    _line_trainer(tmp_path, lr_schedule="cosine").fit(_ones(), loss_fn)
+    with pytest.raises(TalkError, match=r"cosine learning-rate schedule that ends at steps=6; steps=9"):
+        _line_trainer(tmp_path, lr_schedule="cosine", steps=9)
+    assert _line_trainer(tmp_path, lr_schedule="cosine").step == 6  # the same steps still resume
+    _line_trainer(tmp_path / "constant").fit(_ones(), loss_fn)
+    assert _line_trainer(tmp_path / "constant", steps=9).step == 6  # constant: raising steps continues the run
+
+
+def test_early_stopping_never_keeps_a_nan_validation_and_stays_stopped(tmp_path):
+    from talk.training.trainer import EarlyStopping, StepResult
+
+    losses = iter([1.0, float("nan"), 0.5, 0.7, 0.6, 0.9, 0.8, 0.8, 0.8])
+    seen = []
+
+    def validate(model):
+        seen.append(float(model.w[0].detach()))
+        return next(losses)
+
+    def loss_fn(model, batch, g, step):
+        return StepResult(model(batch["x"]) ** 2, {"loss": 1.0})
+
+    stopper = EarlyStopping(every=1, patience=3)
+    trainer = _line_trainer(tmp_path, stopper=stopper, steps=20)
+    trainer.fit(_ones(), loss_fn, validate=validate)
+    # step 1: 1.0 best; 2: NaN (never best, no improvement); 3: 0.5 best; 4-6: no improvement -> stop at 6
+    assert (stopper.best_step, stopper.best_loss, stopper.stopped, trainer.step) == (3, 0.5, True, 6)
+    best_w = seen[2]
+    stopper.restore(trainer.final_model)
+    assert float(trainer.final_model.w[0]) == pytest.approx(best_w)
+    again_stopper = EarlyStopping(every=1, patience=3)
+    again = _line_trainer(tmp_path, stopper=again_stopper, steps=20)
+    assert again.step == 6 and again_stopper.stopped and again_stopper.best_step == 3
+    again.fit(_ones(), loss_fn, validate=validate)  # a stopped run stays stopped
+    assert again.step == 6
+    again_stopper.restore(again.final_model)
+    assert float(again.final_model.w[0]) == pytest.approx(best_w)
+    assert [r["step"] for r in again.history if "val_loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_validation_data_never_stops(tmp_path):
+    from talk.training.trainer import EarlyStopping, StepResult
+
+    stopper = EarlyStopping(every=1, patience=1)
+    trainer = _line_trainer(tmp_path, stopper=stopper)
+    trainer.fit(_ones(), lambda m, b, g, s: StepResult(m(b["x"]) ** 2, {}), validate=lambda m: None)
+    assert trainer.step == 6 and not stopper.stopped and stopper.best_step is None
+
+
+def test_saved_spec_loads_strictly(tmp_path):
+    from talk.core.errors import TalkError
+    from talk.models.denoiser import DenoiserSpec
+    from talk.models.errors import ConfigError
+
+    run = _stage_cfg(tmp_path, steps=1)
+    _train(tmp_path, run, export=True)
+    d = tiny_spec().to_dict()
+    assert DenoiserSpec.from_dict(d) == tiny_spec()
+    with pytest.raises(ConfigError, match=r"spec.denoiser: unknown keys \['widths'\]"):
+        DenoiserSpec.from_dict({**d, "denoiser": {**d["denoiser"], "widths": [1]}})
+    with pytest.raises(ConfigError, match=r"spec: missing keys \['style_dim'\]"):
+        DenoiserSpec.from_dict({k: v for k, v in d.items() if k != "style_dim"})
+    from talk.artifacts.denoiser import load_denoiser
+
+    config = json.loads((run.out / "config.json").read_text())
+    for broken in ({**config, "spec": {**config["spec"], "diffusion": {k: v for k, v in config["spec"]["diffusion"].items()
+                                                                          if k != "prediction_type"}}},
+                   {**config, "emotion_bank": {**config["emotion_bank"], "extra": 1}},
+                   {**config, "spec": {**config["spec"], "conditioning": {**config["spec"]["conditioning"], "typo": 2}}}):
+        (run.out / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(TalkError, match="config.json.*(missing|unknown) keys"):
+            load_denoiser(run.out)

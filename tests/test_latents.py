@@ -490,3 +490,47 @@ def test_dataset_errors(synthetic):
     ds = make_ds(root)
     with pytest.raises(TalkError, match="audio features of clip c1"):
         ds[11]
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def test_fit_vae_and_cache_outputs_have_the_umask_mode_and_their_sections(fitted):
+    import stat
+
+    import yaml
+
+    root, *_ = fitted
+    for folder in (root / "vae", root / "latents.lmdb"):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file() and p.name != "lock.mdb"}
+        assert modes and all(m == _umask_mode() for m in modes.values()), (folder, {k: oct(v) for k, v in modes.items()})
+    want = {"vae": ["base", "paths", "model", "fit_vae"], "latents.lmdb": ["base", "paths", "model", "cache_latents"]}
+    for folder, sections in want.items():
+        assert list(yaml.safe_load((root / folder / "params.yaml").read_text())) == sections
+
+
+def test_fit_vae_resumes_by_re_running(fitted, tmp_path):
+    """Checkpoints in <paths.vae>/checkpoints survive the export: 30 + 30 steps = 60 straight."""
+    from safetensors.torch import load_file
+
+    from talk.stages import fit_vae
+
+    root, *_ = fitted
+    out = tmp_path / "vae"
+    half = load_params(root, **{"paths.vae": out, "fit_vae.loop.steps": 30, "fit_vae.loop.lr_schedule": "constant"})
+    fit_vae.run(half)
+    assert [p.name for p in (out / "checkpoints").glob("*/step-*")] == ["step-0000030"]
+    again = fit_vae.run(load_params(root, **{"paths.vae": out, "fit_vae.loop.lr_schedule": "constant"}))
+    straight_out = tmp_path / "straight"
+    straight = fit_vae.run(load_params(root, **{"paths.vae": straight_out, "fit_vae.loop.lr_schedule": "constant"}))
+    a = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(straight_out / "diffusion_pytorch_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    assert again["val_psnr"] == pytest.approx(straight["val_psnr"], abs=1e-4)
+    assert (out / "loss.tsv").read_text() == (straight_out / "loss.tsv").read_text()  # the whole curve, resumed
+    with pytest.raises(TalkError, match="cosine learning-rate schedule"):  # the default cosine run ends at its steps
+        fit_vae.run(load_params(root, **{"paths.vae": root / "vae", "fit_vae.loop.steps": 90}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
@@ -442,3 +443,41 @@ def test_damaged_checkpoint_is_a_user_error(trained, tmp_path):
         load_prior(copy)
     with pytest.raises(TalkError, match="not found"):
         load_prior(tmp_path / "nowhere")
+
+
+def test_stage_resumes_by_re_running_and_writes_public_files(trained, tmp_path):
+    """A killed run (here: a shorter one) resumes from <paths.prior>/checkpoints to the same weights."""
+    import stat
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from talk.stages.pretrain_prior import run
+
+    out = tmp_path / "prior"
+    long = {"patience": 100}  # no early stop: both runs take every step
+    run(stage_params(trained.tmp, trained.crops, trained.feats, out, loop={"steps": 20}, **long))
+    assert sorted(p.name for p in (out / "checkpoints").glob("*/step-*")) == ["step-0000020"]
+    run(stage_params(trained.tmp, trained.crops, trained.feats, out, **long))
+    straight = tmp_path / "straight"
+    run(stage_params(trained.tmp, trained.crops, trained.feats, straight, **long))
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(straight / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (out, straight))
+    assert ma["emotion_probe"] == mb["emotion_probe"] and ma["train"]["dead_code_restarts"] == mb["train"]["dead_code_restarts"]
+    assert (out / "curves.tsv").read_text() == (straight / "curves.tsv").read_text()
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert all(m == 0o666 & ~mask for m in modes.values()), {k: oct(v) for k, v in modes.items()}
+    assert list(yaml.safe_load((out / "params.yaml").read_text())) == ["base", "paths", "model", "pretrain_prior"]
+
+
+def test_early_stopped_run_keeps_its_best_validated_weights(trained):
+    m = json.loads((trained.out / "metrics.json").read_text())["train"]
+    rows = [line.split("\t") for line in (trained.out / "curves.tsv").read_text().splitlines()]
+    col = rows[0].index("val_loss")
+    vals = {int(float(r[0])): float(r[col]) for r in rows[1:] if r[col]}
+    assert m["best_step"] in vals and m["best_val_loss"] == pytest.approx(min(vals.values()), abs=1e-4)
+    assert m["steps"] == max(vals)  # validated at the last step too

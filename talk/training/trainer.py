@@ -402,6 +402,9 @@ class Trainer:
             collate_fn=collate,
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
+            # its own generator: the loader's base seed must not draw from the global RNG, whose state
+            # the checkpoints restore (a resumed run would otherwise draw dropout masks one step off)
+            generator=torch.Generator().manual_seed(step_seed(self.seed, self.step, acc.process_index, "loader")),
         )
         for batch in loader:
             yield to_device(batch, self.device)
