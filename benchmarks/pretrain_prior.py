@@ -6,7 +6,7 @@ then runs the stage with params.yaml's `model` and `pretrain_prior` sections (pa
 to a temporary folder). Prints wall time against the 60 s budget of the embedded profile, peak
 RSS, and the emotion probe on unseen speakers against the raw-landmark baseline and chance.
 
-    .venv/bin/python benchmarks/pretrain_prior.py [--threads 2] [--set pretrain_prior.steps=100]
+    .venv/bin/python benchmarks/pretrain_prior.py [--threads 2] [--set pretrain_prior.loop.steps=100]
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def main() -> None:
         )
         t_data = time.perf_counter() - t0
         params = P.load(ROOT / "params.yaml", [
-            f"pretrain_prior.crops={crops}", f"pretrain_prior.audio_features={feats}",
-            f"pretrain_prior.out={tmp / 'prior'}", f"base.threads={args.threads}", *args.set,
+            f"paths.crops={crops}", f"paths.audio_features={feats}",
+            f"paths.prior={tmp / 'prior'}", f"base.threads={args.threads}", *args.set,
         ])
         runtime.setup(params.base)
         g0 = matmul_gflops()

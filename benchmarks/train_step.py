@@ -59,7 +59,7 @@ def build(batch: int, device: str):
     from talk.artifacts.prior import ClipEmbeddings
     from talk.core import params as P
     from talk.models.emotion_bank import EmotionBank
-    from talk.stages.train_diffusion import Objective, make_spec
+    from talk.training.diffusion import Objective, make_spec
 
     params = P.load(ROOT / "params.yaml")
     m = params.model
@@ -103,14 +103,14 @@ def child(workload: str, threads: int, steps: int, batch: int, device: str) -> d
     from talk.models.diffusion import KarrasDenoiser
     from talk.models.discriminator import EmotionDiscriminator
     from talk.models.sampling import GuidedDenoiser
-    from talk.stages.finetune_disc import FinetuneObjective
+    from talk.training.discriminator import FinetuneObjective
     from talk.training.trainer import EMA, generator
 
     torch.set_num_threads(threads)
     params, model, b, emb, Objective = build(batch, device)
     cfg = params.train_diffusion if workload != "finetune_disc" else params.finetune_disc
     schedule = make_schedule(model.spec).to(device)
-    objective = Objective(cfg, schedule, emb, style=model.cond.style is not None)
+    objective = Objective(params.train_diffusion.objective, schedule, emb, style=model.cond.style is not None)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -187,7 +187,7 @@ def main() -> None:
             from talk.core import params as P
 
             p = P.load(ROOT / "params.yaml")
-            batch = (p.finetune_disc if args.child == "finetune_disc" else p.train_diffusion).batch_size
+            batch = (p.finetune_disc if args.child == "finetune_disc" else p.train_diffusion).loop.batch_size
         print(json.dumps(child(args.child, args.threads, args.steps, batch, args.device)))
         return
     rows = []

@@ -24,11 +24,11 @@ def pretrain_prior(
     ] = False,
     presets_out: Annotated[
         Path | None,
-        typer.Option("--presets-out", help="where --import-presets writes (default: <pretrain_prior.out>_imported/presets.safetensors)."),
+        typer.Option("--presets-out", help="where --import-presets writes (default: <paths.prior>_imported/presets.safetensors)."),
     ] = None,
 ) -> None:
     """Train the probabilistic emotion / style embedders and the Emotion Bank (DICE-Talk §3.1-3.2, SVP)."""
     run_stage(
-        "pretrain_prior", params_file, sets, dry_run, sections=("base", "model", "pretrain_prior"),
+        "pretrain_prior", params_file, sets, dry_run, sections=("base", "paths", "model", "pretrain_prior"),
         import_presets=import_presets, trust_pickle=trust_pickle, presets_out=presets_out,
     )

@@ -10,4 +10,4 @@ def train_diffusion(params_file: ParamsOpt = DEFAULT_PARAMS, sets: SetOpt = None
 
     Multi-GPU / multi-node: `accelerate launch --multi_gpu --num_processes N -m talk.cli.main train-diffusion`.
     """
-    run_stage("train_diffusion", params_file, sets, dry_run, sections=("base", "paths", "model", "train_diffusion"))
+    run_stage("train_diffusion", params_file, sets, dry_run, sections=("base", "paths", "model", "crop_align", "audio_features", "train_diffusion"))

@@ -26,6 +26,7 @@ from torch import nn
 from talk.models.conditioning import ConditionEncoder, install_processors, pack_context, set_ip_scales
 from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
 from talk.models.diffusion import NoiseSchedule
+from talk.models.errors import ConfigError
 
 CONDITIONS = ("ref", "motion", "audio", "emotion", "style")  # what a ``keep`` mask can drop
 
@@ -57,10 +58,13 @@ class DenoiserSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> DenoiserSpec:
-        d = dict(d)
-        d["denoiser"] = _build(DenoiserConfig, d["denoiser"])
-        d["conditioning"] = _build(ConditioningConfig, d["conditioning"])
-        d["diffusion"] = _build(DiffusionConfig, d["diffusion"])
+        """The spec saved by ``to_dict``, strictly: a missing or unknown key is a ConfigError."""
+        d = dict(_exact_keys(cls, d, "spec"))
+        d["denoiser"] = _build(DenoiserConfig, d["denoiser"], "spec.denoiser")
+        d["conditioning"] = _build(ConditioningConfig, d["conditioning"], "spec.conditioning")
+        d["diffusion"] = _build(DiffusionConfig, d["diffusion"], "spec.diffusion")
+        if not isinstance(d["unet"], dict):
+            raise ConfigError(f"spec.unet: expected a mapping, got {type(d['unet']).__name__}")
         return cls(**d)
 
     @property
@@ -76,10 +80,26 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _build(cls, d: dict):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
-    return cls(**kw)
+def _exact_keys(cls, d: Any, where: str) -> dict:
+    """``d`` when its keys are exactly the init fields of the dataclass ``cls`` (else ConfigError)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown, missing = sorted(set(d) - fields), sorted(fields - set(d))
+    if unknown or missing:
+        parts = [f"unknown keys {unknown}" if unknown else "", f"missing keys {missing}" if missing else ""]
+        raise ConfigError(f"{where}: {'; '.join(p for p in parts if p)}")
+    return d
+
+
+def _build(cls, d: dict, where: str):
+    """A saved config dataclass, strictly (no key defaulted, none ignored), validated."""
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in _exact_keys(cls, d, where).items()}
+    obj = cls(**kw)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class ConditioningConfig:
     audio_tokens: int = dataclasses.field(default=8, metadata={"range": (1, None)})  # tokens per video frame from its Whisper window (DICE-Talk: 32)
     audio_hidden: int = dataclasses.field(default=64, metadata={"range": (1, None)})  # width of the per-Whisper-frame projection (all layers -> this)
     emotion_scale: float = dataclasses.field(default=1.0, metadata={"range": (0.0, None)})  # weight of the emotion cross-attention output
-    style_tokens: int = dataclasses.field(default=0, metadata={"range": (0, None)})  # SVP style tokens; 0 = no style conditioning
+    style_tokens: int = dataclasses.field(default=4, metadata={"range": (0, None)})  # SVP style tokens; 0 = no style conditioning
     style_scale: float = dataclasses.field(default=1.0, metadata={"range": (0.0, None)})  # weight of the style cross-attention output
 
 
@@ -91,6 +91,6 @@ class DiffusionConfig:
 class DiscriminatorConfig:
     """The emotion classifier on the denoiser's mid-block features (DICE-Talk §3.3)."""
 
-    classes: str = dataclasses.field(default="joint", metadata={"choices": ("joint", "emotion")})  # joint: 22 emotion×level classes; emotion: 8
+    classes: str = dataclasses.field(default="emotion", metadata={"choices": ("joint", "emotion")})  # joint: 22 emotion×level classes; emotion: 8
     hidden: int = dataclasses.field(default=128, metadata={"range": (1, None)})  # MLP width
     time_embed_dim: int = dataclasses.field(default=64, metadata={"range": (2, None)})  # sinusoidal timestep embedding width

@@ -1,9 +1,9 @@
-"""The image autoencoder of the latent diffusion backbone, its training losses and image metrics.
+"""The image autoencoder of the latent diffusion backbone and its training losses.
 
 Both methods denoise in the latent space of a KL autoencoder (Rombach et al. 2022, §3;
 DICE-Talk §3.1 and SVP §3 use Stable Diffusion's VAE). The full profile loads SD's VAE from a
 local folder; the default CPU profile trains a small ``diffusers.AutoencoderKL`` on the training
-crops (``stages/fit_vae.py``), built here from ``VaeConfig``.
+crops (``talk/training/vae.py``; its PSNR / SSIM: talk/evaluation/metrics/image.py), built here from ``VaeConfig``.
 
 ``VaeConfig`` (models/vae_config.py, torch-free) is ``model.vae`` in params.yaml.
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from talk.models.vae_config import OWN, VaeConfig
 
-__all__ = ["OWN", "VaeConfig", "LossWeights", "build_vae", "vae_loss", "gradient_loss", "kl_loss", "psnr", "ssim"]
+__all__ = ["OWN", "VaeConfig", "LossWeights", "build_vae", "vae_loss", "gradient_loss", "kl_loss"]
 
 
 def build_vae(cfg: VaeConfig, image_size: int):
@@ -80,33 +80,3 @@ def vae_loss(
     }
     loss = w.l1 * parts["l1"] + w.l2 * parts["l2"] + w.gradient * parts["gradient"] + w.kl * parts["kl"]
     return loss, {k: float(v.detach()) for k, v in parts.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Image metrics (images in [0, 1], (B, 3, H, W)); one value per image
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for peak 1, per image: (B,)."""
-    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10.0 * mse.log10()
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004) with a Gaussian window, per image: (B,)."""
-    c = x.shape[1]
-    r = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()  # (C, 1, k, k)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=c)  # valid window, (B, C, H-k+1, W-k+1)
-
-    c1, c2 = 0.01**2, 0.03**2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)

@@ -24,7 +24,7 @@ class VaeConfig:
     """
 
     source: str = OWN  # "own" (trained by fit_vae) or a local diffusers AutoencoderKL folder (full profile: SD's VAE)
-    block_out_channels: tuple[int, ...] = dataclasses.field(default=(16, 32, 64), metadata={"range": (1, None)})  # own: widths per level, full resolution first; downsampling 2^(levels-1)
+    block_out_channels: tuple[int, ...] = dataclasses.field(default=(16, 32, 64, 64), metadata={"range": (1, None)})  # own: widths per level, full resolution first; downsampling 2^(levels-1)
     layers_per_block: int = dataclasses.field(default=1, metadata={"range": (1, None)})  # own: resnets per encoder level (the decoder has one more)
     latent_channels: int = dataclasses.field(default=4, metadata={"range": (1, None)})  # own: C, channels of the latent
     norm_num_groups: int = dataclasses.field(default=8, metadata={"range": (1, None)})  # own: GroupNorm groups; divides every width

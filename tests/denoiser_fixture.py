@@ -205,20 +205,22 @@ def make_pipeline_inputs(root: Path) -> Path:
 
     spec = tiny_spec()
     den = dataclasses.asdict(spec.denoiser)
-    common = {"crops": str(crops), "latents": str(cache), "audio_features": str(feats), "prior": str(prior_dir),
-              "vae": str(vae_dir), "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 2,
-              "val_batches": 1, "preview": {"samples": 2, "steps": 2}}
+    loop = {"batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 2}
     params = {
         "base": {"seed": 0, "device": "cpu", "threads": 1},
+        "paths": {"crops": str(crops), "latents": str(cache), "audio_features": str(feats), "prior": str(prior_dir),
+                  "vae": str(vae_dir), "diffusion": str(root / "diffusion"), "diffusion_train": str(root / "diffusion_train"),
+                  "finetune_disc": str(root / "finetune_disc"), "finetune_disc_train": str(root / "finetune_disc_train")},
         "model": {"image_size": 16, "motion_frames": M, "target_frames": 1, "audio_window": K,
                   "prior": to_plain(prior_cfg), "bank": to_plain(BANK), "vae": to_plain(vae_cfg),
                   "denoiser": {k: (list(v) if isinstance(v, tuple) else v) for k, v in den.items()},
                   "conditioning": dataclasses.asdict(spec.conditioning),
                   "diffusion": {"num_train_timesteps": 100},
                   "discriminator": {"hidden": 16, "time_embed_dim": 8}},
-        "train_diffusion": {**common, "out": str(root / "diffusion"), "work": str(root / "diffusion_train"), "steps": 3},
-        "finetune_disc": {**common, "diffusion": str(root / "diffusion"), "out": str(root / "finetune_disc"),
-                          "work": str(root / "finetune_disc_train"), "steps": 2, "judge_steps": 2, "judge_t_max": 50},
+        "train_diffusion": {"loop": {**loop, "steps": 3}, "val_batches": 1, "preview": {"samples": 2},
+                            "sampling": {"steps": 2}},
+        "finetune_disc": {"loop": {**loop, "steps": 2}, "val_batches": 1, "preview": {"samples": 2},
+                          "judge_steps": 2, "judge_t_max": 50},
     }
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from talk.models.denoiser_config import DiscriminatorConfig
 from talk.models.diffusion import KarrasDenoiser, NoiseSchedule, training_loss
 from talk.models.discriminator import EmotionDiscriminator, class_targets
 from talk.models.sampling import SAMPLERS, GuidedDenoiser, get_sigmas, guidance_branches, sample
+from talk.training.trainer import LoopConfig
 
 torch.set_num_threads(1)
 
@@ -231,27 +233,33 @@ def test_min_snr_weights():
     assert torch.all(schedule.loss_weight(t, 0.0) == 1)
 
 
+LOOP_KEYS = {f.name for f in dataclasses.fields(LoopConfig)}
+
+
 def _stage_cfg(tmp_path, **kw):
-    from talk.stages.train_diffusion import Config, PreviewConfig
+    """A tiny train_diffusion run: its Config (loop keys in ``kw`` go to ``loop``) and folders."""
+    from talk.inference.settings import SamplingConfig
+    from talk.training.diffusion import PreviewConfig, TrainDiffusionConfig
 
-    base = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=2, keep_checkpoints=2,
-                log_every=1, ema_decay=0.9, work=tmp_path / "work", out=tmp_path / "out", val_batches=1,
-                preview=PreviewConfig(samples=2, steps=3))
-    base.update(kw)
-    return Config(**base)
+    loop = dict(steps=4, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=2, keep_checkpoints=2, log_every=1,
+                ema_decay=0.9)
+    loop.update({k: v for k, v in kw.items() if k in LOOP_KEYS})
+    cfg = TrainDiffusionConfig(loop=LoopConfig(**loop), val_batches=1, preview=PreviewConfig(samples=2),
+                               sampling=SamplingConfig(steps=3))
+    return types.SimpleNamespace(cfg=cfg, out=tmp_path / "out", work=tmp_path / "work")
 
 
-def _train(tmp_path, cfg, export=False):
+def _train(tmp_path, run, export=False):
     from talk.artifacts.prior import ClipEmbeddings
-    from talk.stages.train_diffusion import train
+    from talk.training.diffusion import train
 
     data = ToyWindows(12)
     tmp_path.mkdir(parents=True, exist_ok=True)
     emb = ClipEmbeddings(write_embeddings(tmp_path / "emb.npz", data))
     torch.manual_seed(0)
     spec = tiny_spec()
-    return train(cfg, spec, make_bank(), emb, data, ToyWindows(4, seed=1), lambda d: (lambda s: ToySampler(d, 0, s)),
-                 seed=0, device="cpu", export=export)
+    return train(run.cfg, spec, make_bank(), emb, data, ToyWindows(4, seed=1), lambda d: (lambda s: ToySampler(d, 0, s)),
+                 seed=0, out=run.out, work=run.work, device="cpu", export=export)
 
 
 def test_resume_gives_the_same_weights_as_one_run(tmp_path):
@@ -357,37 +365,40 @@ def test_discriminator_learns_a_separable_problem():
 def test_finetune_disc_end_to_end(tmp_path):
     from talk.artifacts.denoiser import load_denoiser, load_discriminator
     from talk.artifacts.prior import ClipEmbeddings
-    from talk.stages.finetune_disc import Config, finetune
-    from talk.stages.train_diffusion import PreviewConfig
+    from talk.inference.settings import SamplingConfig
+    from talk.training.diffusion import ObjectiveConfig, PreviewConfig
+    from talk.training.discriminator import FinetuneDiscConfig, finetune
 
     cfg = _stage_cfg(tmp_path / "diff", steps=3)
     _train(tmp_path / "diff", cfg, export=True)
     denoiser = load_denoiser(cfg.out)
     data = ToyWindows(12)
     emb = ClipEmbeddings(tmp_path / "diff" / "emb.npz")
-    ft = Config(steps=2, batch_size=4, judge_steps=3, warmup_steps=1, checkpoint_every=2, log_every=1,
-                ema_decay=0.0, judge_t_max=50, disc_weight=1.0, val_batches=1, work=tmp_path / "work",
-                out=tmp_path / "out", preview=PreviewConfig(samples=0))
+    loop = LoopConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=2, log_every=1, ema_decay=0.0)
+    ft = FinetuneDiscConfig(loop=loop, judge_steps=3, judge_t_max=50, disc_weight=1.0, val_batches=1,
+                            preview=PreviewConfig(samples=0))
+    ft_out, ft_work = tmp_path / "out", tmp_path / "work"
     disc_cfg = DiscriminatorConfig(classes="joint", hidden=16, time_embed_dim=8)
-    result = finetune(ft, denoiser, disc_cfg, emb, data, ToyWindows(4, seed=1),
-                      lambda d: (lambda s: ToySampler(d, 0, s)), seed=0, device="cpu")
+    objective = ObjectiveConfig()
+    result = finetune(ft, denoiser, objective, disc_cfg, emb, data, ToyWindows(4, seed=1),
+                      lambda d: (lambda s: ToySampler(d, 0, s)), 0, ft_out, ft_work, SamplingConfig(steps=2), device="cpu")
     assert result["judge"].step == 3 and result["tuner"].step == 2
-    metrics = json.loads((ft.work / "metrics.json").read_text())
+    metrics = json.loads((ft_work / "metrics.json").read_text())
     acc = metrics["judge_val_accuracy"]
     assert [k for k in acc if k.startswith("t")] == ["t0-24", "t25-49", "t50-74", "t75-99"]
     assert all(0.0 <= acc[k] <= 1.0 for k in acc if k.startswith("t")) and acc["n"] == 4
     assert set(metrics["generated_accuracy"]) == {"before", "after"}
-    tuned = load_denoiser(ft.out)  # same loadable format as train_diffusion's
+    tuned = load_denoiser(ft_out)  # same loadable format as train_diffusion's
     assert tuned.spec == denoiser.spec
-    disc = load_discriminator(ft.out)
+    disc = load_discriminator(ft_out)
     torch.testing.assert_close(disc.state_dict()["proj.weight"], result["discriminator"].state_dict()["proj.weight"])
     # the fine-tuning changed the denoiser
     start = load_denoiser(cfg.out).state_dict()
     moved = [k for k, v in tuned.state_dict().items() if not torch.equal(v, start[k])]
     assert any(k.startswith("backbone.") for k in moved)
     # re-running resumes both phases at their end: nothing left to do
-    again = finetune(ft, load_denoiser(cfg.out), disc_cfg, emb, data, ToyWindows(4, seed=1),
-                     lambda d: (lambda s: ToySampler(d, 0, s)), seed=0, device="cpu")
+    again = finetune(ft, load_denoiser(cfg.out), objective, disc_cfg, emb, data, ToyWindows(4, seed=1),
+                     lambda d: (lambda s: ToySampler(d, 0, s)), 0, ft_out, ft_work, SamplingConfig(steps=2), device="cpu")
     assert again["judge"].resumed_from is not None and again["tuner"].resumed_from is not None
     assert again["tuner"].step == 2
 
@@ -421,5 +432,127 @@ def test_cli_train_diffusion_then_finetune_disc(tmp_path, runner, monkeypatch):
     load_discriminator(tmp_path / "finetune_disc")
 
     # a bad input is one line and exit 2
-    result = runner.invoke(app, ["train-diffusion", "--params", str(params), "--set", f"train_diffusion.prior={tmp_path / 'nope'}"])
+    result = runner.invoke(app, ["train-diffusion", "--params", str(params), "--set", f"paths.prior={tmp_path / 'nope'}"])
     assert result.exit_code == 2 and "Traceback" not in result.output and "pretrain-prior" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop (talk/training/trainer.py): divergence, schedules, early stopping
+
+
+class _Line(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return (self.w * x).sum()
+
+
+def _line_trainer(tmp_path, stopper=None, **loop):
+    from talk.training.trainer import Trainer
+
+    cfg = LoopConfig(**{"steps": 6, "batch_size": 1, "warmup_steps": 0, "checkpoint_every": 2, "ema_decay": 0.0,
+                        "log_every": 1, **loop})
+    torch.manual_seed(0)
+    return Trainer(cfg, _Line(), tmp_path / "ckpt", {"test": 1}, seed=0, device="cpu", name="line", stopper=stopper)
+
+
+def _ones():
+    while True:
+        yield {"x": torch.ones(3)}
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_terms(tmp_path):
+    from talk.core.errors import TalkError
+    from talk.training.trainer import StepResult
+
+    def loss_fn(model, batch, g, step):
+        value = model(batch["x"]) * (float("nan") if step == 2 else 1.0)
+        return StepResult(value, {"mse": float(value.detach()), "vq_loss": 0.5})
+
+    trainer = _line_trainer(tmp_path)
+    with pytest.raises(TalkError, match=r"step 3 \(total=nan, mse=nan, vq_loss=0.5\)") as e:
+        trainer.fit(_ones(), loss_fn)
+    assert "line:" in str(e.value) and trainer.step == 2
+    assert [p.name for p in trainer.checkpoints()] == ["step-0000002"]  # nothing saved after the bad step
+
+
+def test_changing_steps_of_a_cosine_run_is_refused(tmp_path):
+    from talk.core.errors import TalkError
+    from talk.training.trainer import StepResult
+
+    def loss_fn(model, batch, g, step):
+        return StepResult(model(batch["x"]) ** 2, {})
+
+    _line_trainer(tmp_path, lr_schedule="cosine").fit(_ones(), loss_fn)
+    with pytest.raises(TalkError, match=r"cosine learning-rate schedule that ends at steps=6; steps=9"):
+        _line_trainer(tmp_path, lr_schedule="cosine", steps=9)
+    assert _line_trainer(tmp_path, lr_schedule="cosine").step == 6  # the same steps still resume
+    _line_trainer(tmp_path / "constant").fit(_ones(), loss_fn)
+    assert _line_trainer(tmp_path / "constant", steps=9).step == 6  # constant: raising steps continues the run
+
+
+def test_early_stopping_never_keeps_a_nan_validation_and_stays_stopped(tmp_path):
+    from talk.training.trainer import EarlyStopping, StepResult
+
+    losses = iter([1.0, float("nan"), 0.5, 0.7, 0.6, 0.9, 0.8, 0.8, 0.8])
+    seen = []
+
+    def validate(model):
+        seen.append(float(model.w[0].detach()))
+        return next(losses)
+
+    def loss_fn(model, batch, g, step):
+        return StepResult(model(batch["x"]) ** 2, {"loss": 1.0})
+
+    stopper = EarlyStopping(every=1, patience=3)
+    trainer = _line_trainer(tmp_path, stopper=stopper, steps=20)
+    trainer.fit(_ones(), loss_fn, validate=validate)
+    # step 1: 1.0 best; 2: NaN (never best, no improvement); 3: 0.5 best; 4-6: no improvement -> stop at 6
+    assert (stopper.best_step, stopper.best_loss, stopper.stopped, trainer.step) == (3, 0.5, True, 6)
+    best_w = seen[2]
+    stopper.restore(trainer.final_model)
+    assert float(trainer.final_model.w[0]) == pytest.approx(best_w)
+    again_stopper = EarlyStopping(every=1, patience=3)
+    again = _line_trainer(tmp_path, stopper=again_stopper, steps=20)
+    assert again.step == 6 and again_stopper.stopped and again_stopper.best_step == 3
+    again.fit(_ones(), loss_fn, validate=validate)  # a stopped run stays stopped
+    assert again.step == 6
+    again_stopper.restore(again.final_model)
+    assert float(again.final_model.w[0]) == pytest.approx(best_w)
+    assert [r["step"] for r in again.history if "val_loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_validation_data_never_stops(tmp_path):
+    from talk.training.trainer import EarlyStopping, StepResult
+
+    stopper = EarlyStopping(every=1, patience=1)
+    trainer = _line_trainer(tmp_path, stopper=stopper)
+    trainer.fit(_ones(), lambda m, b, g, s: StepResult(m(b["x"]) ** 2, {}), validate=lambda m: None)
+    assert trainer.step == 6 and not stopper.stopped and stopper.best_step is None
+
+
+def test_saved_spec_loads_strictly(tmp_path):
+    from talk.core.errors import TalkError
+    from talk.models.denoiser import DenoiserSpec
+    from talk.models.errors import ConfigError
+
+    run = _stage_cfg(tmp_path, steps=1)
+    _train(tmp_path, run, export=True)
+    d = tiny_spec().to_dict()
+    assert DenoiserSpec.from_dict(d) == tiny_spec()
+    with pytest.raises(ConfigError, match=r"spec.denoiser: unknown keys \['widths'\]"):
+        DenoiserSpec.from_dict({**d, "denoiser": {**d["denoiser"], "widths": [1]}})
+    with pytest.raises(ConfigError, match=r"spec: missing keys \['style_dim'\]"):
+        DenoiserSpec.from_dict({k: v for k, v in d.items() if k != "style_dim"})
+    from talk.artifacts.denoiser import load_denoiser
+
+    config = json.loads((run.out / "config.json").read_text())
+    for broken in ({**config, "spec": {**config["spec"], "diffusion": {k: v for k, v in config["spec"]["diffusion"].items()
+                                                                          if k != "prediction_type"}}},
+                   {**config, "emotion_bank": {**config["emotion_bank"], "extra": 1}},
+                   {**config, "spec": {**config["spec"], "conditioning": {**config["spec"]["conditioning"], "typo": 2}}}):
+        (run.out / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(TalkError, match="config.json.*(missing|unknown) keys"):
+            load_denoiser(run.out)

@@ -39,19 +39,18 @@ def overrides(root: Path, **extra: object) -> list[str]:
         "model.image_size": SIZE,
         "model.vae.block_out_channels": "[8, 16]",
         "model.vae.norm_num_groups": 8,
-        "fit_vae.crops": root / "crops",
-        "fit_vae.out": root / "vae",
+        "paths.crops": root / "crops",
+        "paths.vae": root / "vae",
+        "paths.latents": root / "latents.lmdb",
         "fit_vae.frames_per_clip": 6,
         "fit_vae.val_frames": 8,
         "fit_vae.scale_frames": 24,
-        "fit_vae.steps": 60,
-        "fit_vae.batch_size": 4,
+        "fit_vae.loop.steps": 60,
+        "fit_vae.loop.batch_size": 4,
         "fit_vae.patch": 16,
-        "fit_vae.warmup": 5,
-        "fit_vae.log_every": 10,
-        "cache_latents.crops": root / "crops",
-        "cache_latents.vae": root / "vae",
-        "cache_latents.out": root / "latents.lmdb",
+        "fit_vae.loop.warmup_steps": 5,
+        "fit_vae.loop.log_every": 10,
+        "fit_vae.loop.checkpoint_every": 30,
         "cache_latents.autocast": "float32",
         "cache_latents.batch_size": 5,
         **extra,
@@ -105,15 +104,17 @@ def test_vae_factory_shapes_and_gradients():
 
 
 def test_psnr_ssim_reference_values():
-    from talk.models.vae import psnr, ssim
+    """fit_vae's reconstruction figures come from talk/evaluation/metrics/image.py (uint8 frames)."""
+    from talk.evaluation.metrics.image import psnr, ssim
 
-    x = torch.rand(3, 3, 32, 32)
-    assert torch.allclose(ssim(x, x), torch.ones(3), atol=1e-5)
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(ssim(x, x), np.ones(3), atol=1e-5)
     assert (psnr(x, x) > 90).all()
-    y = (x + 0.1).clamp(0, 1)
-    mse = (x - y).pow(2).flatten(1).mean(1)
-    assert torch.allclose(psnr(x, y), -10 * mse.log10(), atol=1e-4)
-    assert (ssim(x, torch.rand_like(x)) < 0.2).all()
+    y = np.clip(x.astype(int) + 25, 0, 255).astype(np.uint8)
+    mse = ((x.astype(float) - y.astype(float)) ** 2).reshape(3, -1).mean(1)
+    np.testing.assert_allclose(psnr(x, y), 10 * np.log10(255.0**2 / mse), atol=1e-4)
+    assert (ssim(x, g.integers(0, 256, x.shape, dtype=np.uint8)) < 0.2).all()
 
 
 def test_fit_vae_writes_a_loadable_vae_and_metrics(fitted):
@@ -171,7 +172,7 @@ def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_
     torch.manual_seed(1)
     src = tmp_path / "sd" / "vae"  # the layout of a pipeline folder: <root>/vae/
     build_vae(VaeConfig(block_out_channels=(8, 16, 16), norm_num_groups=8), SIZE).save_pretrained(str(src))
-    params = load_params(root, **{"model.vae.source": tmp_path / "sd", "fit_vae.out": tmp_path / "vae"})
+    params = load_params(root, **{"model.vae.source": tmp_path / "sd", "paths.vae": tmp_path / "vae"})
     comps = [c for c in weights.components(params) if "VAE" in c.name]
     assert len(comps) == 1 and comps[0].path == src
     m = fit_vae.run(params)
@@ -186,9 +187,9 @@ def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_
 def test_fit_vae_cli_dry_run_and_bad_crops(runner, tmp_path):
     from talk.cli.main import app
 
-    r = runner.invoke(app, ["fit-vae", "--dry-run", "--set", "fit_vae.steps=3"])
+    r = runner.invoke(app, ["fit-vae", "--dry-run", "--set", "fit_vae.loop.steps=3"])
     assert r.exit_code == 0 and "steps: 3" in r.output and "vae:" in r.output
-    r = runner.invoke(app, ["fit-vae", "--set", f"fit_vae.crops={tmp_path / 'nope'}"])
+    r = runner.invoke(app, ["fit-vae", "--set", f"paths.crops={tmp_path / 'nope'}"])
     assert r.exit_code == 2 and "not found" in r.output
 
 
@@ -227,7 +228,7 @@ def test_rerun_skips_done_clips_and_prunes_stale(fitted, tmp_path):
     w.put([("gone_clip", lc.pack(np.zeros((2, 4, 16, 16)), np.ones((2, 4, 16, 16)), b"\0" * 32))])
     w.delete([CLIPS[1][0]])
     w.close()
-    s = cache_latents.run(load_params(root, **{"cache_latents.out": db}))
+    s = cache_latents.run(load_params(root, **{"paths.latents": db}))
     assert (s["encoded"], s["skipped"], s["removed"]) == (1, len(CLIPS) - 1, 1)
     assert sorted(lc.LatentCache(db).keys()) == sorted(c[0] for c in CLIPS)
 
@@ -261,7 +262,7 @@ def test_killed_writer_resumes_to_a_sound_cache(fitted, tmp_path):
 
     root, *_ = fitted
     db = tmp_path / "killed.lmdb"
-    sets = overrides(root, **{"cache_latents.out": db, "cache_latents.commit_mb": 0})
+    sets = overrides(root, **{"paths.latents": db, "cache_latents.commit_mb": 0})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(params_file(root)), json.dumps(sets)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -274,7 +275,7 @@ def test_killed_writer_resumes_to_a_sound_cache(fitted, tmp_path):
     part = lc.LatentCache(db)
     assert len(part.keys()) == 2  # two committed transactions survived, the third never happened
     assert lc.verify(db, {c[0]: N_FRAMES for c in CLIPS[:2]}) == []
-    s = cache_latents.run(load_params(root, **{"cache_latents.out": db}))
+    s = cache_latents.run(load_params(root, **{"paths.latents": db}))
     assert (s["encoded"], s["skipped"]) == (len(CLIPS) - 2, 2)
     clean = lc.LatentCache(root / "latents.lmdb")
     resumed = lc.LatentCache(db)
@@ -310,14 +311,14 @@ def test_verify_lists_corrupt_and_missing_entries(fitted, tmp_path, runner):
     assert f"{CLIPS[2][0]}: value holds" in text
     assert f"{CLIPS[3][0]}: missing" in text
     assert CLIPS[4][0] not in text and len(problems) == 4
-    sets = [x for o in overrides(root, **{"cache_latents.out": db}) for x in ("--set", o)]
+    sets = [x for o in overrides(root, **{"paths.latents": db}) for x in ("--set", o)]
     r = runner.invoke(app, ["cache-latents", "--verify", "--params", str(params_file(root)), *sets])
     assert r.exit_code == 2, r.output
     assert "4 problem(s)" in r.output and CLIPS[3][0] in r.output
     sets = [x for o in overrides(root) for x in ("--set", o)]
     r = runner.invoke(app, ["cache-latents", "--verify", "--params", str(params_file(root)), *sets])
     assert r.exit_code == 0, r.output
-    s = cache_latents.run(load_params(root, **{"cache_latents.out": db}))  # a re-run repairs it
+    s = cache_latents.run(load_params(root, **{"paths.latents": db}))  # a re-run repairs it
     assert (s["encoded"], s["skipped"]) == (4, 1)
     assert lc.verify(db, {c[0]: N_FRAMES for c in CLIPS}, meta["vae_identity"]) == []
 
@@ -341,7 +342,7 @@ def test_cache_of_another_vae_or_format_is_a_clear_error(fitted, tmp_path):
     # the stage rebuilds a cache made with another VAE instead of mixing latents
     other = tmp_path / "other.lmdb"
     make_synthetic_cache(other, {CLIPS[0][0]: N_FRAMES}, shape=(4, 16, 16), identity="another-vae")
-    s = cache_latents.run(load_params(root, **{"cache_latents.out": other}))
+    s = cache_latents.run(load_params(root, **{"paths.latents": other}))
     assert s["encoded"] == len(CLIPS)
     assert lc.LatentCache(other).identity == lc.LatentCache(root / "latents.lmdb").identity
 
@@ -489,3 +490,47 @@ def test_dataset_errors(synthetic):
     ds = make_ds(root)
     with pytest.raises(TalkError, match="audio features of clip c1"):
         ds[11]
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def test_fit_vae_and_cache_outputs_have_the_umask_mode_and_their_sections(fitted):
+    import stat
+
+    import yaml
+
+    root, *_ = fitted
+    for folder in (root / "vae", root / "latents.lmdb"):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file() and p.name != "lock.mdb"}
+        assert modes and all(m == _umask_mode() for m in modes.values()), (folder, {k: oct(v) for k, v in modes.items()})
+    want = {"vae": ["base", "paths", "model", "fit_vae"], "latents.lmdb": ["base", "paths", "model", "cache_latents"]}
+    for folder, sections in want.items():
+        assert list(yaml.safe_load((root / folder / "params.yaml").read_text())) == sections
+
+
+def test_fit_vae_resumes_by_re_running(fitted, tmp_path):
+    """Checkpoints in <paths.vae>/checkpoints survive the export: 30 + 30 steps = 60 straight."""
+    from safetensors.torch import load_file
+
+    from talk.stages import fit_vae
+
+    root, *_ = fitted
+    out = tmp_path / "vae"
+    half = load_params(root, **{"paths.vae": out, "fit_vae.loop.steps": 30, "fit_vae.loop.lr_schedule": "constant"})
+    fit_vae.run(half)
+    assert [p.name for p in (out / "checkpoints").glob("*/step-*")] == ["step-0000030"]
+    again = fit_vae.run(load_params(root, **{"paths.vae": out, "fit_vae.loop.lr_schedule": "constant"}))
+    straight_out = tmp_path / "straight"
+    straight = fit_vae.run(load_params(root, **{"paths.vae": straight_out, "fit_vae.loop.lr_schedule": "constant"}))
+    a = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(straight_out / "diffusion_pytorch_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    assert again["val_psnr"] == pytest.approx(straight["val_psnr"], abs=1e-4)
+    assert (out / "loss.tsv").read_text() == (straight_out / "loss.tsv").read_text()  # the whole curve, resumed
+    with pytest.raises(TalkError, match="cosine learning-rate schedule"):  # the default cosine run ends at its steps
+        fit_vae.run(load_params(root, **{"paths.vae": root / "vae", "fit_vae.loop.steps": 90}))

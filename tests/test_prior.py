@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
@@ -209,14 +210,15 @@ def test_match_probability_prefers_close_gaussians():
 # The stage on a synthetic fixture
 
 
-def stage_params(tmp: Path, crops: Path, feats: Path, out: Path, **over) -> P.Params:
+def stage_params(tmp: Path, crops: Path, feats: Path, out: Path, loop: dict | None = None, **over) -> P.Params:
     from talk.stages.pretrain_prior import Config
 
-    cfg = {"crops": str(crops), "audio_features": str(feats), "out": str(out), "steps": 40, "batch_clips": 8,
-           "window": 1.0, "eval_every": 10, "patience": 3, "restart_every": 10, **over}
+    cfg = {"window": 1.0, "eval_every": 10, "patience": 3, "restart_every": 10,
+           "loop": {"steps": 40, "batch_size": 8, "checkpoint_every": 20, **(loop or {})}, **over}
     sections = {
         "base": P.parse(P.Base, {"threads": 1}, "base"),
-        "paths": P.parse(P.Paths, {"cache": str(tmp / "cache")}, "paths"),
+        "paths": P.parse(P.Paths, {"cache": str(tmp / "cache"), "crops": str(crops), "audio_features": str(feats),
+                                   "prior": str(out)}, "paths"),
         "model": P.parse(P.Model, {"prior": TINY_PRIOR, "bank": TINY_BANK}, "model"),
         "pretrain_prior": P.parse(Config, cfg, "pretrain_prior"),
     }
@@ -265,7 +267,7 @@ def test_stage_writes_every_file_and_learns_emotion(trained):
 def test_checkpoint_round_trip_reproduces_the_embeddings(trained):
     from talk.artifacts.prior import load_prior
     from talk.data.clips import ClipSet
-    from talk.stages.pretrain_prior import embed_clips
+    from talk.training.prior import embed_clips
 
     a, b = load_prior(trained.out), load_prior(trained.out)
     for k, v in a.model.state_dict().items():
@@ -431,7 +433,7 @@ def test_damaged_checkpoint_is_a_user_error(trained, tmp_path):
     copy = tmp_path / "prior"
     shutil.copytree(trained.out, copy)
     (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:1000])
-    with pytest.raises(TalkError, match="not a readable safetensors"):
+    with pytest.raises(TalkError, match="truncated or not a safetensors file"):
         load_prior(copy)
     cfg = json.loads((trained.out / "config.json").read_text())
     cfg["prior"]["width"] = 48
@@ -441,3 +443,41 @@ def test_damaged_checkpoint_is_a_user_error(trained, tmp_path):
         load_prior(copy)
     with pytest.raises(TalkError, match="not found"):
         load_prior(tmp_path / "nowhere")
+
+
+def test_stage_resumes_by_re_running_and_writes_public_files(trained, tmp_path):
+    """A killed run (here: a shorter one) resumes from <paths.prior>/checkpoints to the same weights."""
+    import stat
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from talk.stages.pretrain_prior import run
+
+    out = tmp_path / "prior"
+    long = {"patience": 100}  # no early stop: both runs take every step
+    run(stage_params(trained.tmp, trained.crops, trained.feats, out, loop={"steps": 20}, **long))
+    assert sorted(p.name for p in (out / "checkpoints").glob("*/step-*")) == ["step-0000020"]
+    run(stage_params(trained.tmp, trained.crops, trained.feats, out, **long))
+    straight = tmp_path / "straight"
+    run(stage_params(trained.tmp, trained.crops, trained.feats, straight, **long))
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(straight / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (out, straight))
+    assert ma["emotion_probe"] == mb["emotion_probe"] and ma["train"]["dead_code_restarts"] == mb["train"]["dead_code_restarts"]
+    assert (out / "curves.tsv").read_text() == (straight / "curves.tsv").read_text()
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert all(m == 0o666 & ~mask for m in modes.values()), {k: oct(v) for k, v in modes.items()}
+    assert list(yaml.safe_load((out / "params.yaml").read_text())) == ["base", "paths", "model", "pretrain_prior"]
+
+
+def test_early_stopped_run_keeps_its_best_validated_weights(trained):
+    m = json.loads((trained.out / "metrics.json").read_text())["train"]
+    rows = [line.split("\t") for line in (trained.out / "curves.tsv").read_text().splitlines()]
+    col = rows[0].index("val_loss")
+    vals = {int(float(r[0])): float(r[col]) for r in rows[1:] if r[col]}
+    assert m["best_step"] in vals and m["best_val_loss"] == pytest.approx(min(vals.values()), abs=1e-4)
+    assert m["steps"] == max(vals)  # validated at the last step too

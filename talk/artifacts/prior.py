@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from talk.artifacts.files import load_npz, load_safetensors, load_state, parse_saved, read_config, save_safetensors
 from talk.core import runtime
 from talk.core.errors import TalkError
-from talk.core.fs import atomic_path, read_artifact_config
-from talk.core.params import parse
+from talk.core.fs import atomic_path
 from talk.models.emotions import EMOTIONS
 from talk.models.prior_config import EmotionBankConfig, PriorConfig
 
@@ -25,12 +25,9 @@ if TYPE_CHECKING:
 
 
 FORMAT = "talk-prior"
-
-
 VERSION = 1
-
-
 PRESETS_FORMAT = "talk-presets"
+STAGE = "pretrain-prior"  # the command that writes this artefact
 
 
 def save_presets(path: Path, presets: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
@@ -39,7 +36,6 @@ def save_presets(path: Path, presets: dict[str, tuple[np.ndarray, np.ndarray]], 
     Names: ``emotion/<emotion>``, ``emotion/<emotion>/<level>``, ``style/<speaker>``.
     """
     import torch
-    from safetensors.torch import save_file
 
     tensors = {}
     for name, (mean, logvar) in presets.items():
@@ -48,23 +44,24 @@ def save_presets(path: Path, presets: dict[str, tuple[np.ndarray, np.ndarray]], 
     dims = {t.shape[-1] for t in tensors.values()}
     meta = {"format": PRESETS_FORMAT, "version": str(VERSION), "source": source, "emb_dim": str(dims.pop() if len(dims) == 1 else 0)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_safetensors(tmp, tensors, meta)
 
 
 def load_presets(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Read ``save_presets``' file: ``name -> (mean, logvar)``, each (E,)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TalkError(f"presets not found: {path}")
+    tensors, meta = load_safetensors(path, STAGE, metadata=True)
+    if meta.get("format") != PRESETS_FORMAT:
+        raise TalkError(f"{path}: not a talk presets file")
     out: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt") as f:
-        if (f.metadata() or {}).get("format") != PRESETS_FORMAT:
-            raise TalkError(f"{path}: not a talk presets file")
-        for key in f.keys():
-            name, _, part = key.rpartition("/")
-            out.setdefault(name, {})[part] = f.get_tensor(key)
+    for key, value in tensors.items():
+        name, _, part = key.rpartition("/")
+        out.setdefault(name, {})[part] = value
+    broken = [n for n, d in out.items() if set(d) != {"mean", "logvar"}]
+    if broken:
+        raise TalkError(f"{path}: preset '{broken[0]}' lacks its mean or logvar; rebuild it with `talk {STAGE}`")
     return {n: (d["mean"], d["logvar"]) for n, d in out.items()}
 
 
@@ -155,33 +152,35 @@ class PriorBundle:
         return self.presets[key]
 
 
-def build_model(config: dict) -> PriorModel:
+def build_model(config: dict, path: Path | str = "config.json") -> PriorModel:
     """Rebuild the modules from a saved config.json (never from the code's defaults)."""
     from talk.models.prior import PriorModel
 
-    prior = parse(PriorConfig, config["prior"], "config.json prior")
-    bank = parse(EmotionBankConfig, config["bank"], "config.json bank")
+    prior = parse_saved(PriorConfig, config.get("prior"), path, "prior", STAGE)
+    bank = parse_saved(EmotionBankConfig, config.get("bank"), path, "bank", STAGE)
     return PriorModel(prior, bank)
+
+
+def save_prior(folder: Path, model: PriorModel, config: dict) -> None:
+    """config.json + model.safetensors of a prior into ``folder`` (a stage's temporary folder)."""
+    import json
+
+    (folder / "config.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=2) + "\n")
+    save_safetensors(folder / "model.safetensors", model.state_dict(), {"format": FORMAT, "version": str(VERSION)})
+
+
+def save_clip_embeddings(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``clip_embeddings.npz``: clip_id, speaker, emotion, level, split + [style_]mu / logvar."""
+    np.savez(path, **arrays)
 
 
 def load_prior(path: Path | str, device: str | torch.device = "cpu") -> PriorBundle:
     """Load a prior written by this stage (config.json + model.safetensors + presets.safetensors)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     weights = path / "model.safetensors"
-    config = read_artifact_config(path, FORMAT, VERSION, "prior", "pretrain-prior")
-    if not weights.is_file():
-        raise TalkError(f"{weights} not found: run talk pretrain-prior first (or point to a prior folder)")
-    model = build_model(config)
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise TalkError(f"{weights}: not a readable safetensors file ({type(e).__name__})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise TalkError(f"{weights} does not match {path / 'config.json'} ({str(e).splitlines()[0]})") from None
+    config = read_config(path, FORMAT, VERSION, STAGE)
+    model = build_model(config, path / "config.json")
+    load_state(model, load_safetensors(weights, STAGE), weights, STAGE, path / "config.json")
     model.to(device).eval()
     presets = load_presets(path / "presets.safetensors") if (path / "presets.safetensors").is_file() else {}
     return PriorBundle(model=model, presets=presets, config=config, path=path)
@@ -191,13 +190,12 @@ class ClipEmbeddings:
     """Per-clip Gaussians of pretrain_prior's ``clip_embeddings.npz`` (emotion and optional style)."""
 
     def __init__(self, path: Path):
-        if not path.is_file():
-            raise TalkError(f"{path} not found: run talk pretrain-prior first")
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-        for key in ("clip_id", "mu", "logvar"):
-            if key not in data:
-                raise TalkError(f"{path} has no '{key}' array (not a pretrain_prior clip_embeddings.npz)")
+        path = Path(path)
+        data = load_npz(path, STAGE, keys=("clip_id", "mu", "logvar"))
+        n = len(data["clip_id"])
+        shapes = [data[k].shape for k in ("mu", "logvar", "style_mu", "style_logvar") if k in data]
+        if any(len(s) != 2 or s[0] != n for s in shapes) or ("style_mu" in data) != ("style_logvar" in data):
+            raise TalkError(f"{path}: arrays of inconsistent shapes {shapes} for {n} clips; rebuild it with `talk {STAGE}`")
         self.path = path
         self.index = {str(c): i for i, c in enumerate(data["clip_id"])}
         self.mu, self.logvar = data["mu"].astype(np.float32), data["logvar"].astype(np.float32)

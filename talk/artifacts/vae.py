@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from talk.artifacts.files import load_safetensors, load_state, public_modes, read_json
 from talk.core.errors import TalkError
+from talk.core.fs import sha256_file
 
 CONFIG = "config.json"
-
-
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+STAGE = "fit-vae"  # the command that writes this artefact
 
 
 def vae_source_dir(source: str | Path) -> Path:
@@ -31,8 +32,8 @@ def vae_source_dir(source: str | Path) -> Path:
         if cfg.is_file():
             try:
                 cls = json.loads(cfg.read_text()).get("_class_name")
-            except json.JSONDecodeError:
-                raise TalkError(f"{cfg}: not valid JSON") from None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise TalkError(f"{cfg}: not valid JSON (damaged?)") from None
             if cls == "AutoencoderKL":
                 return cand
     raise TalkError(
@@ -45,41 +46,45 @@ def _canonical_config(config: dict) -> str:
     return json.dumps({k: v for k, v in sorted(config.items()) if not k.startswith("_")}, sort_keys=True)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def vae_identity(path: Path | str) -> str:
     """sha256 of a saved VAE's config (scaling factor included) and weights file: the cache key."""
     path = Path(path)
     cfg, weights = path / CONFIG, path / WEIGHTS
     if not cfg.is_file() or not weights.is_file():
-        raise TalkError(f"no VAE at {path}: expected {CONFIG} and {WEIGHTS} (run `talk fit-vae`)")
-    try:
-        config = json.loads(cfg.read_text())
-    except json.JSONDecodeError:
-        raise TalkError(f"{cfg}: not valid JSON") from None
+        raise TalkError(f"no VAE at {path}: expected {CONFIG} and {WEIGHTS} (run `talk {STAGE}`)")
+    config = read_json(cfg, STAGE)
     h = hashlib.sha256(_canonical_config(config).encode())
-    h.update(_sha256_file(weights).encode())
+    h.update(sha256_file(weights).encode())
     return h.hexdigest()
 
 
 def save_vae(vae, path: Path) -> None:
     """diffusers folder: config.json (architecture + scaling_factor) + safetensors weights."""
     vae.save_pretrained(str(path), safe_serialization=True)
+    public_modes(path)  # safetensors writes 0600
 
 
 def load_vae(path: Path | str, device: Any = "cpu"):
-    """-> (AutoencoderKL in eval mode, scaling_factor, identity) from a folder saved by fit_vae."""
+    """-> (AutoencoderKL in eval mode, scaling_factor, identity) from a folder saved by fit_vae.
+
+    Built from its config.json and loaded strictly from its weights (a damaged file is one
+    TalkError); the global RNG is left as it was (the random init is thrown away)."""
+    import torch
     from diffusers import AutoencoderKL
 
     path = Path(path)
     identity = vae_identity(path)
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    config = read_json(path / CONFIG, STAGE)
+    if config.get("_class_name") != "AutoencoderKL":
+        raise TalkError(f"{path / CONFIG}: not a diffusers AutoencoderKL config; rebuild it with `talk {STAGE}`")
+    state = load_safetensors(path / WEIGHTS, STAGE)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            vae = AutoencoderKL.from_config(config)
+        except (TypeError, ValueError) as e:
+            raise TalkError(f"{path / CONFIG}: not a buildable AutoencoderKL config ({e}); "
+                            f"rebuild it with `talk {STAGE}`") from None
+    load_state(vae, state, path / WEIGHTS, STAGE, path / CONFIG)
     vae = vae.to(device).eval().requires_grad_(False)
     return vae, float(vae.config.scaling_factor), identity
 

@@ -158,7 +158,10 @@ def parse(cls: type, data: Any, where: str) -> Any:
     for name, f in fields.items():
         if name not in data:
             continue
-        value = _coerce(data[name], hints[name], f"{where}.{name}")
+        raw = data[name]
+        if dataclasses.is_dataclass(hints[name]) and isinstance(raw, dict) and f.default_factory is not dataclasses.MISSING:
+            raw = {**to_plain(f.default_factory()), **raw}  # a nested block's missing keys: the field's default, not the class's
+        value = _coerce(raw, hints[name], f"{where}.{name}")
         _check(value, f.metadata, f"{where}.{name}")
         kwargs[name] = value
     try:

@@ -21,7 +21,6 @@ lock file, once per process (``LatentCache`` is safe to hand to DataLoader worke
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -42,6 +41,12 @@ HEADER = struct.Struct("<4sIII32s16x")  # magic, n_frames, crc32(payload), reser
 DTYPE = np.dtype("<f2")
 LAYOUT = "(T, 2, C, h, w) float16: [:, 0] posterior mean, [:, 1] posterior std (unscaled)"
 DB_FILES = {"data.mdb", "lock.mdb"}
+KEPT = {"params.yaml"}  # the stage's resolved config, beside the database
+STAGE = "cache-latents"  # the command that writes a cache
+
+
+class DamagedCache(TalkError):
+    """The LMDB files cannot be read (truncated, zeroed, garbled): cache_latents rebuilds, readers stop."""
 
 
 def make_meta(identity: str, vae_config: dict, scaling_factor: float, latent_shape: Sequence[int],
@@ -62,11 +67,9 @@ def make_meta(identity: str, vae_config: dict, scaling_factor: float, latent_sha
 
 def file_digest(path: Path) -> bytes:
     """sha256 (32 raw bytes) of a file: which frames.mp4 a cache entry was encoded from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.digest()
+    from talk.core.fs import sha256_file
+
+    return bytes.fromhex(sha256_file(path))
 
 
 def pack(mean: np.ndarray, std: np.ndarray, source: bytes) -> bytes:
@@ -143,12 +146,26 @@ def env(path: Path, write: bool = False, map_size: int = 1 << 26):
         return entry[1]
     if entry is not None:
         entry[1].close()
-    if write:
-        e = lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False, sync=True, metasync=True)
-    else:
-        e = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=512, subdir=True, create=False)
+    data = Path(path) / "data.mdb"
+    try:
+        if write:
+            e = lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False, sync=True, metasync=True)
+        else:
+            e = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=512, subdir=True, create=False)
+    except lmdb.Error as err:
+        raise DamagedCache(f"{data}: not a readable LMDB database ({type(err).__name__}); rebuild it with `talk {STAGE}`") from None
+    _check_size(e, data)
     _ENVS[key] = (os.getpid(), e, not write)
     return e
+
+
+def _check_size(e, data: Path) -> None:
+    """A truncated data.mdb: its meta page names pages past the end of the file (reading them would
+    crash the process, so it is refused here)."""
+    need = (e.info()["last_pgno"] + 1) * e.stat()["psize"]
+    if data.is_file() and data.stat().st_size < need:
+        e.close()
+        raise DamagedCache(f"{data}: truncated ({data.stat().st_size} of {need} bytes); rebuild it with `talk {STAGE}`")
 
 
 def close_env(path: Path) -> None:
@@ -226,7 +243,11 @@ class LatentCache:
             buf = txn.get(clip_id.encode())
             if buf is None:
                 raise TalkError(f"clip {clip_id} is not in the latent cache {self.path}")
-            arr = unpack(buf, self.shape)  # view into the memory map, valid inside the transaction
+            try:
+                arr = unpack(buf, self.shape)  # view into the memory map, valid inside the transaction
+            except ValueError as e:
+                raise TalkError(f"latent cache {self.path}: the entry of clip {clip_id} is damaged ({e}); "
+                                f"rebuild it with `talk {STAGE}`") from None
             return arr.copy() if frames is None else arr[np.asarray(list(frames), dtype=np.intp)]
 
 
@@ -301,7 +322,7 @@ def remove_cache(path: Path) -> None:
     """Delete a cache folder holding only LMDB files (refuses anything else)."""
     path = Path(path)
     close_env(path)
-    other = [p.name for p in path.iterdir() if p.name not in DB_FILES]
+    other = [p.name for p in path.iterdir() if p.name not in DB_FILES | KEPT]
     if other:
         raise TalkError(f"{path} holds files other than an LMDB cache ({', '.join(sorted(other)[:3])}); not deleting it")
     for name in DB_FILES:
@@ -314,7 +335,10 @@ def verify(path: Path | str, expected: dict[str, int], identity: str | None = No
     path = Path(path)
     if not is_cache_dir(path):
         return [f"no latent cache at {path}"]
-    e = env(path)
+    try:
+        e = env(path)
+    except DamagedCache as err:
+        return [f"data.mdb: {str(err).split(': ', 1)[1]}"]
     why = meta_mismatch(read_meta_of(e), identity)
     if why is not None:
         return [f"__meta__: {why}"]
@@ -333,3 +357,146 @@ def verify(path: Path | str, expected: dict[str, int], identity: str | None = No
             problems.extend(f"{clip}: {p}" for p in check_value(v, shape, expected[clip]))
     problems.extend(f"{clip}: missing" for clip in expected if clip not in seen)
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Filling a cache from the crops (the cache_latents stage's work)
+
+
+def encode_clip(vae, path: Path, size: int, batch: int, autocast: str) -> tuple:
+    """Posterior mean and std, float32 (T, C, h, w) numpy, of every frame of a crop video,
+    decoded and encoded ``batch`` frames at a time (memory bounded for long clips)."""
+    from talk.artifacts.vae import encode_frames
+    from talk.media import io as media
+
+    means, stds, chunk = [], [], []
+
+    def flush() -> None:
+        frames = np.stack(chunk)  # (B, S, S, 3) uint8
+        if frames.shape[1:] != (size, size, 3):
+            raise TalkError(f"{path}: frames are {frames.shape[2]}x{frames.shape[1]}, model.image_size is {size}")
+        m, s = encode_frames(vae, frames, batch, autocast)
+        means.append(m.numpy())
+        stds.append(s.numpy())
+        chunk.clear()
+
+    for frame in media.iter_video(path, fps=None):
+        chunk.append(frame)
+        if len(chunk) == batch:
+            flush()
+    if chunk:
+        flush()
+    if not means:
+        raise TalkError(f"{path}: no video frames")
+    return np.concatenate(means), np.concatenate(stds)
+
+
+def open_for_update(out: Path, identity: str, shape: Sequence[int]) -> None:
+    """Remove a cache at ``out`` that cannot be continued: made with another VAE, format or latent
+    shape, or damaged LMDB files (a warning each; the clips are encoded again)."""
+    from talk.core.runtime import log
+
+    if not is_cache_dir(out):
+        return
+    try:
+        old = read_meta_of(env(out))
+        why = meta_mismatch(old, identity) or (None if old["latent_shape"] == list(shape) else "other latent shape")
+    except DamagedCache as e:
+        why = str(e).split("; ")[0]
+    if why is not None:
+        log.warning("cache_latents: rebuilding %s (%s)", out, why)
+        remove_cache(out)
+
+
+def update(out: Path, crops: Path, vae_path: Path, size: int, device, batch_size: int, autocast: str,
+           commit_mb: float, map_size_mb: int) -> dict[str, Any]:
+    """Encode every clip of the crop manifest not cached yet (or changed) with the VAE of
+    ``vae_path`` and commit in batches; prune clips no longer in the manifest. Returns counts."""
+    import math
+    import time
+
+    from talk.artifacts.vae import load_vae
+    from talk.core.runtime import progress
+    from talk.data.crops import clip_file, read_manifest
+
+    df = read_manifest(crops)
+    expected = {c: int(n) for c, n in zip(df["clip_id"], df["n_frames"])}
+    vae, scaling, identity = load_vae(vae_path, device)
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    if size % down:
+        raise TalkError(f"model.image_size {size} is not a multiple of the VAE's downsampling {down}")
+    shape = (int(vae.config.latent_channels), size // down, size // down)  # (C, h, w)
+    meta = make_meta(identity, dict(vae.config), scaling, shape, size)
+    out = Path(out)
+    open_for_update(out, identity, shape)
+    frame_bytes = 2 * 2 * math.prod(shape)  # mean + std, fp16
+    estimate = int(1.25 * sum(expected.values()) * (frame_bytes + 64)) + (1 << 20)
+    writer = CacheWriter(out, meta, map_size_mb << 20 if map_size_mb else max(1 << 24, estimate))
+    try:
+        entries = writer.entries()
+        stale = [k for k in entries if k not in expected]
+        writer.delete(stale)
+        encoded = skipped = frames_done = 0
+        pending: list[tuple[str, bytes]] = []
+        pending_bytes = 0
+        t0 = time.perf_counter()
+        with progress() as bar:
+            task = bar.add_task("cache latents", total=sum(expected.values()))
+            for row in df.itertuples(index=False):
+                clip, n = row.clip_id, int(row.n_frames)
+                path = clip_file(crops, row, "frames.mp4")
+                digest = file_digest(path)
+                if entries.get(clip) == (n, digest):
+                    skipped += 1
+                    bar.advance(task, n)
+                    continue
+                mean, std = encode_clip(vae, path, size, batch_size, autocast)  # (T, C, h, w)
+                if len(mean) != n:
+                    raise TalkError(f"{path}: {len(mean)} frames, the crop manifest says {n}; re-run `talk crop-align`")
+                value = pack(mean, std, digest)
+                pending.append((clip, value))
+                pending_bytes += len(value)
+                if pending_bytes >= commit_mb * 2**20:
+                    writer.put(pending)
+                    pending, pending_bytes = [], 0
+                encoded += 1
+                frames_done += n
+                bar.advance(task, n)
+            writer.put(pending)
+        wall = time.perf_counter() - t0
+        db_bytes = writer.size_bytes()
+    finally:
+        writer.close()
+    return {"encoded": encoded, "skipped": skipped, "removed": len(stale), "frames": frames_done,
+            "wall_s": wall, "identity": identity, "db_bytes": db_bytes, "shape": shape, "scaling": scaling}
+
+
+def problems_table(problems: list[str], limit: int = 50):
+    """The problems ``verify`` found, as a rich table (clip, problem)."""
+    from rich.table import Table
+
+    table = Table(title=f"latent cache: {len(problems)} problem(s)")
+    table.add_column("clip")
+    table.add_column("problem")
+    for p in problems[:limit]:
+        clip, _, what = p.partition(": ")
+        table.add_row(clip, what)
+    if len(problems) > limit:
+        table.add_row("...", f"{len(problems) - limit} more")
+    return table
+
+
+def summary_table(out: Path, s: dict):
+    """What ``update`` did, as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"cache_latents -> {out}")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("clips (encoded / skipped / removed)", f"{s['encoded']} / {s['skipped']} / {s['removed']}")
+    table.add_row("frames encoded", str(s["frames"]))
+    table.add_row("speed", f"{s['frames'] / s['wall_s']:.0f} frames/s" if s["frames"] and s["wall_s"] > 0 else "-")
+    table.add_row("latent", f"{s['shape']} fp16 mean + std, scaling factor {s['scaling']:.4f}")
+    table.add_row("database", f"{s['db_bytes'] / 2**20:.1f} MB")
+    table.add_row("VAE", s["identity"][:16])
+    return table

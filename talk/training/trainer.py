@@ -1,4 +1,5 @@
-"""The training loop shared by `train_diffusion` and `finetune_disc` (and its checkpoints).
+"""The one training loop: fit_vae, pretrain_prior, train_diffusion and finetune_disc each give it a
+loss and its data (and its checkpoints).
 
 * Accelerate: one process on a CPU here; ``accelerate launch --multi_gpu --num_processes N -m
   talk.cli.main train-diffusion`` runs the same code data-parallel on N GPUs (add ``--num_machines``,
@@ -14,16 +15,23 @@
   straight and N/2 + resume + N/2 give the same weights.
 * Checkpoints of one configuration live in ``<checkpoints>/<fingerprint>/step-XXXXXXX``: a
   changed hyperparameter starts a fresh run instead of resuming a foreign one; ``steps`` (and
-  logging knobs) are not part of the fingerprint, so raising ``steps`` continues a finished run.
+  logging knobs) are not part of the fingerprint, so raising ``steps`` continues a finished run
+  (refused for a cosine schedule, whose shape depends on ``steps``).
+* A non-finite loss (or gradient norm) stops the run with one line naming the step and the loss
+  terms. ``EarlyStopping`` (validation every N steps, patience) is checkpointed too: a stopped
+  run stays stopped when re-run, and its best weights survive. The logged curve (``history``)
+  is part of every checkpoint, so a resumed run reports the whole curve.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -33,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from talk.artifacts.files import load_safetensors, read_json, save_safetensors
 from talk.core import runtime
 from talk.core.errors import TalkError
 from talk.core.fs import atomic_dir
@@ -48,7 +57,9 @@ NOT_FINGERPRINTED = {"steps", "checkpoint_every", "keep_checkpoints", "log_every
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """Optimisation and bookkeeping knobs of a training stage (the first fields of its section)."""
+    """Optimisation and bookkeeping knobs of a training stage: the ``loop:`` block of its section.
+
+    One type for every training stage; each stage's ``Config`` gives its own defaults (params.yaml's)."""
 
     steps: int = dataclasses.field(default=500, metadata=rng(0))  # optimiser steps in total (a re-run resumes up to here)
     batch_size: int = dataclasses.field(default=16, metadata=rng(1))  # samples per step, all processes together
@@ -70,10 +81,9 @@ def loop_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(LoopConfig)]
 
 
-def stage_fields(cfg, exclude=()) -> dict:
-    """A stage config's own (non-loop) fields as plain values, minus ``exclude`` (paths etc.)."""
-    skip = set(loop_fields()) | set(exclude)
-    return {k: v for k, v in to_plain(cfg).items() if k not in skip}
+def loop_field(**values):
+    """A stage config's ``loop`` field whose default is ``LoopConfig(**values)`` (params.yaml's)."""
+    return dataclasses.field(default_factory=lambda: LoopConfig(**values))
 
 
 def fingerprint(config: dict) -> str:
@@ -100,17 +110,7 @@ def generator(seed: int, device) -> torch.Generator:
 
 
 def _tensor_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def _load_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
-    import torch
-    from safetensors.torch import load_file
-
-    dev = torch.device(device)
-    return load_file(str(path), device="cpu" if dev.type == "cpu" else str(dev))
+    save_safetensors(path, tensors)
 
 
 def optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -233,8 +233,79 @@ class StepResult:
 LossFn = Callable[..., StepResult]  # (model, batch, generator, step) -> StepResult
 
 
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop when the validation loss has not improved for ``patience`` validations.
+
+    A validation returning None (no validation data) changes nothing; a NaN / inf loss is never
+    the best and counts as no improvement. The best weights (of ``Trainer.final_model``) are
+    kept and checkpointed with the run; ``restore`` loads them back at the end."""
+
+    every: int  # steps between validations (and one at the last step)
+    patience: int  # validations without improvement before stopping
+    min_delta: float = 1e-4  # an improvement is a loss lower than the best by more than this
+    best_loss: float | None = None
+    best_step: int | None = None
+    waited: int = 0
+    stopped: bool = False
+    best_state: dict | None = dataclasses.field(default=None, repr=False)  # tensors of the best weights
+
+    def update(self, step: int, loss: float | None, model: nn.Module) -> bool:
+        """Record one validation; True when training should stop."""
+        if loss is None:
+            return False
+        if math.isfinite(loss) and (self.best_loss is None or loss < self.best_loss - self.min_delta):
+            self.best_loss, self.best_step, self.waited = float(loss), step, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.waited += 1
+        self.stopped = self.waited >= self.patience
+        return self.stopped
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best weights into ``model`` (nothing when no validation was finite)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def to_json(self) -> dict:
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "waited": self.waited, "stopped": self.stopped}
+
+    def load_json(self, d: dict) -> None:
+        self.best_loss, self.best_step = d["best_loss"], d["best_step"]
+        self.waited, self.stopped = int(d["waited"]), bool(d["stopped"])
+
+
+@contextlib.contextmanager
+def export_dir(out: Path | str, keep: tuple[str, ...] = ("checkpoints",)) -> Iterator[Path]:
+    """``atomic_dir(out)`` that carries the subfolders ``keep`` (a stage's checkpoints, kept between
+    runs so that re-running resumes) from the old ``out`` into the new one."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        yield tmp
+        for name in keep:
+            if (out / name).is_dir() and not (tmp / name).exists():
+                os.replace(out / name, tmp / name)
+
+
+def merged_history(rows: list[dict]) -> list[dict]:
+    """History rows (``{"step": s, ...}``) merged per step, in step order."""
+    by_step: dict[int, dict] = {}
+    for row in rows:
+        by_step.setdefault(int(row["step"]), {"step": int(row["step"])}).update(row)
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def _terms(logs: dict) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items() if isinstance(v, (int, float)) and v is not None)
+
+
 class Trainer:
-    """One optimisation run: build optimiser / EMA / Accelerate, resume, step, checkpoint."""
+    """One optimisation run: build optimiser / EMA / Accelerate, resume, step, checkpoint.
+
+    ``stage`` is the `talk` command of the stage (named in the one-line errors about damaged
+    checkpoints); ``stopper`` an ``EarlyStopping`` whose state the checkpoints carry. ``history``
+    holds every logged row ({"step": s, ...}) and ``extra`` a JSON dict of the stage's own
+    counters: both are checkpointed and restored."""
 
     def __init__(
         self,
@@ -245,11 +316,13 @@ class Trainer:
         seed: int,
         device: str = "auto",
         name: str = "train",
+        stage: str = "",
+        stopper: EarlyStopping | None = None,
     ):
         import torch
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
-        self.loop, self.seed, self.name = loop, seed, name
+        self.loop, self.seed, self.name, self.stage, self.stopper = loop, seed, name, stage or name, stopper
         dev = runtime.device(device)
         mp = loop.mixed_precision
         if mp == "auto":
@@ -280,6 +353,8 @@ class Trainer:
                           "loop": {k: v for k, v in self.run_config["loop"].items() if k not in NOT_FINGERPRINTED}})
         self.run_dir = Path(checkpoints) / f"{name}-{fp}"
         self.step = 0
+        self.history: list[dict] = []
+        self.extra: dict[str, Any] = {}
         self.resumed_from: Path | None = None
         self._resume()
 
@@ -327,6 +402,9 @@ class Trainer:
             collate_fn=collate,
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
+            # its own generator: the loader's base seed must not draw from the global RNG, whose state
+            # the checkpoints restore (a resumed run would otherwise draw dropout masks one step off)
+            generator=torch.Generator().manual_seed(step_seed(self.seed, self.step, acc.process_index, "loader")),
         )
         for batch in loader:
             yield to_device(batch, self.device)
@@ -337,16 +415,27 @@ class Trainer:
 
     # ---------------------------------------------------------------- stepping
 
+    def _diverged(self, what: str, logs: dict) -> TalkError:
+        return TalkError(f"{self.name}: {what} at step {self.step + 1} ({_terms(logs)}); training stopped. "
+                         f"Lower the learning rate or check the data and loss weights (the last checkpoint "
+                         f"is in {self.run_dir})")
+
     def train_step(self, batch: dict, loss_fn: LossFn) -> dict[str, float]:
+        import torch
+
         acc = self.accelerator
         self.model.train()
         with acc.autocast():
             result = loss_fn(self.model, batch, self.generator(), self.step)
+        logs = dict(result.logs)
+        if not bool(torch.isfinite(result.loss.detach()).all()):
+            raise self._diverged(f"the loss is {float(result.loss.detach())}", {"total": float(result.loss.detach()), **logs})
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(result.loss)
-        logs = dict(result.logs)
         if self.loop.grad_clip > 0:
             logs["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip))
+            if not math.isfinite(logs["grad_norm"]) and acc.scaler is None:  # (fp16: the scaler skips the step)
+                raise self._diverged(f"the gradient norm is {logs['grad_norm']}", logs)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.step += 1
@@ -362,28 +451,45 @@ class Trainer:
         on_log: Callable[[int, dict], None] | None = None,
         on_step: Callable[[int], None] | None = None,
         description: str | None = None,
+        validate: Callable[[nn.Module], float | None] | None = None,
     ) -> dict[str, float]:
-        """Step until ``loop.steps``; checkpoint on schedule and at the end. Returns timing figures."""
-        loop = self.loop
+        """Step until ``loop.steps`` (or the stopper stops); checkpoint on schedule and at the end.
+
+        Per step: the optimiser step, ``on_step(step)`` (e.g. a codebook restart, a preview), every
+        ``stopper.every`` steps ``validate(final_model)`` (the stopper's loss), every ``log_every``
+        steps ``on_log(step, means)`` (means of the logged values since the last call; non-finite
+        values such as an accuracy over no labelled sample are left out of a mean), then the
+        checkpoint. Returns timing figures."""
+        loop, stopper = self.loop, self.stopper
         start, t0 = self.step, time.perf_counter()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         with runtime.progress() as bar:
             task = bar.add_task(description or self.name, total=loop.steps, completed=self.step)
-            while self.step < loop.steps:
+            while self.step < loop.steps and not (stopper is not None and stopper.stopped):
                 logs = self.train_step(next(batches), loss_fn)
                 for k, v in logs.items():
-                    if v is not None and math.isfinite(float(v)):  # (e.g. an accuracy over no labelled sample)
+                    if v is not None and math.isfinite(float(v)):
                         sums[k] = sums.get(k, 0.0) + float(v)
                         counts[k] = counts.get(k, 0) + 1
                 bar.advance(task)
-                if on_log is not None and (self.step % loop.log_every == 0 or self.step == loop.steps):
-                    on_log(self.step, {k: v / counts[k] for k, v in sums.items()})
-                    sums, counts = {}, {}
-                if self.step % loop.checkpoint_every == 0 or self.step == loop.steps:
-                    self.save()
                 if on_step is not None:
                     on_step(self.step)
+                last = self.step == loop.steps
+                if stopper is not None and validate is not None and (self.step % stopper.every == 0 or last):
+                    v = validate(self.final_model)
+                    if v is not None:
+                        self.history.append({"step": self.step, "val_loss": float(v)})
+                    stopper.update(self.step, v, self.final_model)
+                    last = last or stopper.stopped
+                if self.step % loop.log_every == 0 or last:
+                    means = {k: v / counts[k] for k, v in sums.items()}
+                    self.history.append({"step": self.step, **means})
+                    if on_log is not None:
+                        on_log(self.step, means)
+                    sums, counts = {}, {}
+                if self.step % loop.checkpoint_every == 0 or last:
+                    self.save()
         seconds = time.perf_counter() - t0
         done = self.step - start
         return {
@@ -421,31 +527,75 @@ class Trainer:
                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                     "rng": rng_meta,
                     "config": self.run_config,
+                    "history": self.history,
                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 }
+                if self.extra:
+                    state["extra"] = self.extra
+                if self.stopper is not None:
+                    state["stopper"] = self.stopper.to_json()
+                    if self.stopper.best_state is not None:
+                        _tensor_file(tmp / "best.safetensors", self.stopper.best_state)
                 (tmp / "state.json").write_text(json.dumps(to_plain(state), indent=1) + "\n")
             for old in self.checkpoints()[: -self.loop.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return path
 
+    def _tensors(self, path: Path, device="cpu") -> dict[str, torch.Tensor]:
+        """A checkpoint's safetensors file; damaged: one line naming it and how to go on."""
+        try:
+            return load_safetensors(path, self.stage, device)
+        except TalkError as e:
+            raise self._damaged(path, str(e).split(";")[0]) from None
+
+    def _damaged(self, file: Path, what: str) -> TalkError:
+        ckpt = file.parent
+        return TalkError(f"{what} (checkpoint {ckpt}); delete {ckpt} and re-run `talk {self.stage}` to resume "
+                         f"from the checkpoint before it (or from scratch)")
+
+    def _load(self, module: nn.Module, path: Path, device) -> None:
+        try:
+            module.load_state_dict(self._tensors(path, device), strict=True)
+        except RuntimeError as e:
+            raise self._damaged(path, f"{path} does not fit this run's model ({str(e).splitlines()[0][:200]})") from None
+
     def _resume(self) -> None:
         found = self.checkpoints()
         if not found:
             return
         path = found[-1]
-        state = json.loads((path / "state.json").read_text())
-        self.unwrapped.load_state_dict(_load_tensors(path / "model.safetensors", self.device), strict=True)
-        if self.ema is not None:
-            if not (path / "ema.safetensors").is_file():
-                raise TalkError(f"{path}: checkpoint has no EMA weights but ema_decay > 0")
-            self.ema.model.load_state_dict(_load_tensors(path / "ema.safetensors", self.device), strict=True)
-        opt = optimizer_from_files(_load_tensors(path / "optimizer.safetensors", self.device), state["optimizer"])
-        self.optimizer.load_state_dict(opt)
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if state.get("scaler") and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        set_rng_state(_load_tensors(path / "rng.safetensors"), state["rng"])
+        try:
+            state = read_json(path / "state.json", self.stage)
+            saved_steps = int(state["config"]["loop"]["steps"])
+        except (TalkError, KeyError, TypeError, ValueError) as e:
+            raise self._damaged(path / "state.json", f"{path / 'state.json'}: unreadable checkpoint state "
+                                f"({str(e).split(';')[0] if isinstance(e, TalkError) else type(e).__name__})") from None
+        if self.loop.lr_schedule == "cosine" and saved_steps != self.loop.steps:
+            raise TalkError(f"{self.name}: the run in {self.run_dir} has a cosine learning-rate schedule that ends at "
+                            f"steps={saved_steps}; steps={self.loop.steps} would change the schedule it was trained "
+                            f"with. Set loop.steps back to {saved_steps}, or delete {self.run_dir} to start over")
+        try:
+            self._load(self.unwrapped, path / "model.safetensors", self.device)
+            if self.ema is not None:
+                if not (path / "ema.safetensors").is_file():
+                    raise TalkError(f"{path}: checkpoint has no EMA weights but ema_decay > 0")
+                self._load(self.ema.model, path / "ema.safetensors", self.device)
+            opt = optimizer_from_files(self._tensors(path / "optimizer.safetensors", self.device), state["optimizer"])
+            self.optimizer.load_state_dict(opt)
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            if state.get("scaler") and self.accelerator.scaler is not None:
+                self.accelerator.scaler.load_state_dict(state["scaler"])
+            set_rng_state(self._tensors(path / "rng.safetensors"), state["rng"])
+            if self.stopper is not None and "stopper" in state:
+                self.stopper.load_json(state["stopper"])
+                if (path / "best.safetensors").is_file():
+                    self.stopper.best_state = self._tensors(path / "best.safetensors", self.device)
+        except (KeyError, TypeError, ValueError) as e:
+            raise self._damaged(path / "state.json", f"{path / 'state.json'}: inconsistent checkpoint state "
+                                f"({type(e).__name__}: {e})") from None
         self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.extra = dict(state.get("extra", {}))
         self.resumed_from = path
         runtime.log.info("%s: resumed from %s (step %d)", self.name, path, self.step)
