@@ -148,6 +148,7 @@ class ReportData:
     strips: dict  # speaker -> emotion -> row -> (K, H, W, 3) uint8
     plots: dict[str, bytes]  # name -> PNG
     prior_plot: Path | None = None
+    vae_strip: Path | None = None  # fit_vae's roundtrip.png (held-out frames above their round trip)
     strip_size: int = 96
     title: str = "talk: evaluation report"
 
@@ -263,6 +264,11 @@ def write_html(path: Path, data: ReportData) -> None:
     for speaker in sorted(data.strips):
         jpg = strip_image(data.strips[speaker], data.strip_size)
         parts.append(f"<h3>{html.escape(speaker)}</h3><p>{_img(jpg, f'strips {speaker}', 'image/jpeg')}</p>")
+
+    if data.vae_strip is not None and data.vae_strip.is_file():
+        parts.append("<h2>VAE round trip</h2><p>Held-out val frames (top) and their encode &rarr; decode through "
+                     "the VAE (bottom): the ceiling of every render (fit_vae's metrics.json has the figures).</p>")
+        parts.append(f"<p>{_img(data.vae_strip.read_bytes(), 'VAE round trip')}</p>")
 
     if data.prior_plot is not None and data.prior_plot.is_file():
         parts.append("<h2>Emotion prior embeddings</h2>")
