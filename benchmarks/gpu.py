@@ -554,7 +554,7 @@ def print_report(out: dict) -> None:
 
     con = Console(width=160)
     con.print(f"[bold]benchmarks/gpu.py[/] {'--tiny (CPU smoke run: NOT GPU figures)' if out['tiny'] else ''}")
-    for k in ("device", "torch", "cuda", "diffusers", "denoiser_params_M", "backbone_vs_svd_xt", "compile_warmup_and_window_s",
+    for k in ("device", "torch", "cuda", "diffusers", "mem_GB_is", "denoiser_params_M", "backbone_vs_svd_xt", "compile_warmup_and_window_s",
               "matmul_TFLOPs", "train_precision", "audio_note", "crop_align_detector", "skipped", "section_s", "seconds"):
         if k in out:
             con.print(f"{k}: {out[k]}")
@@ -607,6 +607,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(b.device) if b.cuda else "CPU"
     out = {"tiny": args.tiny, "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
            "diffusers": diffusers.__version__}
+    out["mem_GB_is"] = b.mem_label
     params = load_params(args.tiny)
     out["section_s"] = {}
     for s in sections:
