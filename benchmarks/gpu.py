@@ -165,8 +165,9 @@ def make_spec(params):
     return stage_spec(model, shapes(params), m.bank, style_dim)
 
 
-def build_model(params, spec, svd: dict | None = None):
-    """TalkDenoiser of ``spec``; ``svd``: on that backbone config, widened as a pretrained SVD is."""
+def build_model(params, spec, device="cpu", svd: dict | None = None):
+    """TalkDenoiser of ``spec``, created on ``device`` (a 2.8 B-parameter random init is slow on a
+    CPU); ``svd``: on that backbone config, widened as a pretrained SVD is."""
     import torch
 
     from talk.artifacts.denoiser import build_denoiser
@@ -174,8 +175,17 @@ def build_model(params, spec, svd: dict | None = None):
     from talk.models.emotion_bank import EmotionBank
 
     torch.manual_seed(0)
-    backbone = expand_conv_in(make_backbone("clip", svd), spec.in_channels) if svd is not None else None
-    return build_denoiser(spec, EmotionBank(params.model.bank), backbone)
+    with torch.device(device):
+        backbone = expand_conv_in(make_backbone("clip", svd), spec.in_channels) if svd is not None else None
+        return build_denoiser(spec, EmotionBank(params.model.bank), backbone)
+
+
+def make_vae(b: Bench):
+    from diffusers import AutoencoderKL
+
+    b.torch.manual_seed(0)
+    with b.torch.device(b.device):
+        return AutoencoderKL.from_config(TINY_VAE if b.tiny else SD_VAE).eval().requires_grad_(False)
 
 
 def svd_xt_diff(ours: dict, svd: dict) -> dict:
@@ -258,7 +268,6 @@ def window_time(b: Bench, pipe, settings, inputs) -> tuple[float, float, int]:
 def render_section(b: Bench, params, out: dict) -> None:
     import numpy as np
     import torch
-    from diffusers import AutoencoderKL
 
     from talk.inference.frames import feather_mask, paste_frame
     from talk.models.denoiser import backbone_config
@@ -268,12 +277,11 @@ def render_section(b: Bench, params, out: dict) -> None:
     svd = TINY_UNET if b.tiny else SVD_XT_UNET
     ours = backbone_config(spec)
     out["backbone_vs_svd_xt"] = svd_xt_diff(ours, svd)
-    torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(TINY_VAE if b.tiny else SD_VAE).to(dev).eval().requires_grad_(False)
+    vae = make_vae(b)
     whisper = whisper_model(params, dev)
     res = {}
     # (a) DICE-Talk's arrangement
-    model = build_model(params, spec, svd)
+    model = build_model(params, spec, dev, svd)
     out["denoiser_params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
     pipe = make_pipeline(params, model, vae, whisper, dev)
     inputs = render_inputs(pipe, params, dev)
@@ -285,7 +293,7 @@ def render_section(b: Bench, params, out: dict) -> None:
     del pipe, model
     b.reset_peak()
     # (b) the full profile as shipped (+ torch.compile: compile_section, last)
-    model = build_model(params, spec)
+    model = build_model(params, spec, dev)
     pipe = make_pipeline(params, model, vae, whisper, dev)
     shipped = pipe.settings
     smp = shipped.sampling
@@ -339,9 +347,6 @@ def render_rows(res: dict) -> list[dict]:
 def compile_section(b: Bench, params, out: dict) -> None:
     """(b) again with the UNet under ``torch.compile`` (last: its compilation is the longest
     single item); added to the render table, with the compilation time."""
-    import torch
-    from diffusers import AutoencoderKL
-
     if not b.cuda:
         b.skipped.append("render (b) + torch.compile: GPU only (inductor on the CPU compiles C++ for minutes)")
         return
@@ -349,9 +354,7 @@ def compile_section(b: Bench, params, out: dict) -> None:
         b.skipped.append(f"render (b) + torch.compile: {b.left():.0f} s of the time budget left (< 120 s)")
         return
     spec = make_spec(params)
-    torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(SD_VAE).to(b.device).eval().requires_grad_(False)
-    pipe = make_pipeline(params, build_model(params, spec), vae, whisper_model(params, b.device), b.device)
+    pipe = make_pipeline(params, build_model(params, spec, b.device), make_vae(b), whisper_model(params, b.device), b.device)
     pipe.denoiser.backbone.compile()
     t0 = time.perf_counter()
     res = dict(out.get("_render_raw", {}))
@@ -400,7 +403,7 @@ def train_section(b: Bench, params, out: dict) -> None:
     out["matmul_TFLOPs"] = round(rate / 1e12, 2)
     spec = make_spec(params)
     cfg = params.train_diffusion
-    model = build_model(params, spec)
+    model = build_model(params, spec, b.device)
     loop = dataclasses.replace(cfg.loop, batch_size=1, workers=0)
     tmp = tempfile.TemporaryDirectory(prefix="talk-gpu-bench-")
     trainer = Trainer(loop, model, Path(tmp.name), {}, 0, str(b.device), name="bench")
@@ -580,7 +583,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (CI smoke run)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
-    ap.add_argument("--budget", type=float, default=None, help="s before optional parts are skipped (default 270; tiny 50)")
+    ap.add_argument("--budget", type=float, default=None, help="s before optional parts are skipped (default 270; --tiny: none, every part runs)")
     ap.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated (in this order)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -602,7 +605,7 @@ def main() -> None:
         sys.exit(2)
     import diffusers
 
-    b = Bench(device, args.tiny, args.budget or (50 if args.tiny else 270))
+    b = Bench(device, args.tiny, args.budget or (float("inf") if args.tiny else 270.0))
     t0 = time.perf_counter()
     name = torch.cuda.get_device_name(b.device) if b.cuda else "CPU"
     out = {"tiny": args.tiny, "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,

@@ -439,8 +439,6 @@ class Trainer:
         """One optimiser step. The loss, the logged tensors and the gradient norm reach the host in
         ONE transfer (a GPU then waits for the host once per step, not once per logged value); a
         non-finite loss or gradient norm still stops the run before the optimiser steps."""
-        import torch
-
         acc = self.accelerator
         self.model.train()
         with acc.autocast():
