@@ -317,7 +317,8 @@ class TalkPipeline:
         if not isinstance(audio, np.ndarray):
             sound, rate = original_audio(Path(audio))
         sound = fit_length(sound, round(n / FPS * rate))
-        written = media.write_video(out, even_frames(frames), fps=FPS, audio=sound, audio_rate=rate, crf=self.settings.loop.crf)
+        written = media.write_video(out, even_frames(frames), fps=FPS, audio=sound, audio_rate=rate,
+                                   crf=self.settings.loop.crf, audio_within_video=True)
         wall = time.perf_counter() - t0
         return {"out": str(out), "frames": written, "seconds": n / FPS, "wall_s": wall, "fps": written / wall if wall else 0.0}
 

@@ -309,11 +309,15 @@ def write_video(
     crf: int = 18,
     preset: str = "veryfast",
     pix_fmt: str = "yuv420p",
+    audio_within_video: bool = False,
 ) -> int:
     """Encode RGB uint8 frames as H.264 mp4 (+ mono AAC audio), atomically. Returns frame count.
 
     ``pix_fmt="yuv444p"`` keeps full colour resolution (for intermediate crops); players want
-    yuv420p. Frame sizes must be even for yuv420p.
+    yuv420p. Frame sizes must be even for yuv420p. AAC codes whole frames of 1024 samples, so the
+    audio track ends up to 64 ms (16 kHz) past the audio given; ``audio_within_video`` cuts it to
+    whole AAC frames within the video's length instead (a render: the sound never outlasts the
+    last picture; other writers keep every sample).
     """
     n = 0
     with atomic_path(path) as tmp:
@@ -335,11 +339,11 @@ def write_video(
             for packet in v.encode(None):
                 c.mux(packet)
             if a is not None:
-                # AAC codes whole frames of 1024 samples: cut the track to whole frames within the
-                # video's length, so the muxed audio never runs past the last picture
-                frame_size = a.codec_context.frame_size or 1024
-                limit = int(n * audio_rate / float(fps))
-                samples = np.clip(np.asarray(audio, np.float32), -1, 1).reshape(1, -1)[:, : limit - limit % frame_size]
+                samples = np.clip(np.asarray(audio, np.float32), -1, 1).reshape(1, -1)
+                if audio_within_video:
+                    frame_size = a.codec_context.frame_size or 1024
+                    limit = int(n * audio_rate / float(fps))
+                    samples = samples[:, : limit - limit % frame_size]
                 frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
                 frame.sample_rate = audio_rate
                 frame.pts = 0
