@@ -78,9 +78,7 @@ def render(
         if batch is not None:
             if image is not None or audio is not None:
                 raise TalkError("--batch takes its inputs from the CSV: leave out --image / --audio")
-            jobs = batch_jobs.read_batch(batch)  # checked before any model is loaded
-            for j in jobs:
-                check_output(j["out"], (".mp4",), f"{batch}: out")
+            jobs = batch_jobs.read_batch(batch)  # checked (outputs too) before any model is loaded
             pipe = pipeline.TalkPipeline.from_params(params)
             results = batch_jobs.render_batch(pipe, jobs)
             _summary(results)

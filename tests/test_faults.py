@@ -446,3 +446,31 @@ def test_training_stage_killed_leaves_no_output_and_resumes(tmp_path):
     assert proc.returncode == 0, text
     assert "resumed from" in text and before in text, text
     assert (out / "model.safetensors").is_file() and temps() == []
+
+
+def test_batch_outputs_are_checked_before_any_model(arts, inputs, tmp_path, runner):
+    missing = params_file(tmp_path / "p.yaml", {**arts, "vae": tmp_path / "no_vae"})
+    (tmp_path / "taken.mp4").mkdir()
+    (tmp_path / "jobs.csv").write_text("image,audio,emotion,intensity,out\n"
+                                       f"{inputs / 'face.png'},{inputs / 'speech.wav'},happy,0.5,a.mp4\n"
+                                       f"{inputs / 'face.png'},{inputs / 'speech.wav'},sad,0.5,taken.mp4\n")
+    line = one_line(runner.invoke(app, ["render", "--params", str(missing), "--batch", str(tmp_path / "jobs.csv")]))
+    assert "jobs.csv:3: out" in line and "existing folder" in line, line
+    assert not (tmp_path / "a.mp4").exists()
+
+
+def test_damaged_crop_video_names_crop_align(arts, inputs, tmp_path):
+    """A crop (crop_align's frames.mp4) is read strictly: a skipped packet would shift the frames."""
+    from talk.artifacts.vae import load_vae
+    from talk.data import crops, latent_cache
+
+    rng = np.random.default_rng(1)
+    frames = [np.clip(rng.normal(128, 40, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(50)]
+    bad = tmp_path / "frames.mp4"
+    media.write_video(bad, frames, pix_fmt="yuv444p")
+    damage(bad, "middle")
+    vae, _, _ = load_vae(arts["vae"])
+    with pytest.raises(TalkError, match="damaged video.*re-run `talk crop-align`"):
+        latent_cache.encode_clip(vae, bad, 32, 8, "float32")
+    with pytest.raises(TalkError, match="damaged video.*re-run `talk crop-align`"):
+        crops.read_frames(bad, [0, 49], 32)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from talk.core.errors import TalkError
+from talk.core.fs import check_output
 from talk.core.runtime import console
 from talk.inference.emotion import check_emotion, parse_blend
 
@@ -57,6 +58,7 @@ def read_batch(path: Path) -> list[dict]:
         for col in ("image", "audio", "emotion_from"):
             if col in job and not job[col].is_file():
                 raise TalkError(f"{where}: {col} not found: {job[col]}")
+        check_output(job["out"], (".mp4",), f"{where}: out")  # a folder, a wrong suffix, an unwritable place
         if job["out"] in outs:
             raise TalkError(f"{where}: output {job['out']} is written by an earlier row")
         outs.add(job["out"])
