@@ -342,15 +342,19 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     out = tmp_path / "x.mp4"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".x.mp4.{dead.pid}.abc.tmp"
+    stale = tmp_path / f".x.mp4.{dead.pid}-{fs.HOST}.abc.tmp"
     stale.mkdir()
     (stale / "x.mp4").write_bytes(b"partial")
-    live = tmp_path / f".x.mp4.{os.getppid()}.abc.tmp"  # a running process's: kept
-    live.mkdir()
-    other = tmp_path / f".y.mp4.{dead.pid}.abc.tmp"  # another output's: kept
+    other = tmp_path / f".y.mp4.{dead.pid}-{fs.HOST}.abc.tmp"  # another output's, dead: removed too
     other.mkdir()
+    live = tmp_path / f".x.mp4.{os.getppid()}-{fs.HOST}.abc.tmp"  # a running process's: kept
+    live.mkdir()
+    remote = tmp_path / f".x.mp4.{dead.pid}-0000beef.abc.tmp"  # another machine's (shared storage): kept
+    remote.mkdir()
     fs.atomic_write_bytes(out, b"whole")
-    assert out.read_bytes() == b"whole" and not stale.exists() and live.exists() and other.exists()
+    assert out.read_bytes() == b"whole" and not stale.exists() and not other.exists()
+    assert live.exists() and remote.exists()
+    assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(f".x.mp4.{os.getpid()}-*"))
 
 
 def _env() -> dict:

@@ -1,9 +1,10 @@
 """Atomic file and folder writes: outputs appear complete or not at all.
 
-Temporaries are ``.<name>.<pid>.<random>.tmp`` beside the output. The writing process removes its
-own when the block fails or is interrupted (SIGINT, and SIGTERM once ``on_sigterm_exit`` is
-installed, as the `talk` command does); after a SIGKILL the next write to the same output
-removes those whose process is gone.
+Temporaries are ``.<name>.<pid>-<host>.<random>.tmp`` beside the output. The writing process
+removes its own when the block fails or is interrupted (SIGINT, and SIGTERM once
+``on_sigterm_exit`` is installed, as the `talk` command does); after a SIGKILL, the next process
+that writes into the same folder removes those whose process is gone (on this machine: a pid
+says nothing about another host's writes to shared storage).
 """
 
 from __future__ import annotations
@@ -32,18 +33,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(path: Path | str) -> list[Path]:
-    """Remove the temporaries of earlier writes to ``path`` whose process is dead (killed)."""
-    path = Path(path)
-    prefix = f".{path.name}."
-    removed = []
-    if not path.parent.is_dir():
+def _host() -> str:
+    """A short tag of this machine: a pid means nothing on another one (shards on shared storage)."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+HOST = _host()
+_scanned: set[Path] = set()  # folders this process has cleaned (once each: a folder may hold many outputs)
+
+
+def remove_stale(folder: Path | str) -> list[Path]:
+    """Remove the temporaries in ``folder`` of writes whose process, on this machine, is dead (a
+    SIGKILLed run's); those of live processes and of other machines are kept."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
         return removed
-    for p in path.parent.iterdir():
-        if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
+    for p in folder.iterdir():
+        name = p.name
+        if not (name.startswith(".") and name.endswith(".tmp")):
             continue
-        pid = p.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        parts = name[1:-4].rsplit(".", 2)  # <output name>.<pid>-<host>.<random>
+        if len(parts) != 3:
+            continue
+        pid, _, host = parts[1].partition("-")
+        if host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -51,8 +68,11 @@ def remove_stale(path: Path | str) -> list[Path]:
 
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    parent = path.parent.resolve()
+    if parent not in _scanned:
+        remove_stale(parent)
+        _scanned.add(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-{HOST}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the folder may become the output itself
     return tmp
 
