@@ -97,14 +97,19 @@ def _check_schedule(params) -> None:
     """A sampler other than Euler on the rolling schedule (frame backbone) fails in the sampling
     loop; say so before any model loads."""
     from talk.artifacts.denoiser import read_spec
+    from talk.inference import settings
 
     r = params.render
-    sampler = r.sampling.get("sampler")
-    if r.schedule != "rolling" or sampler in (None, "euler"):
+    if r.schedule != "rolling":
         return
-    try:  # the backbone is in the denoiser's config.json (a damaged one is reported when it loads)
-        backbone = read_spec(getattr(params.paths, r.denoiser)).denoiser.backbone
-    except (TalkError, AttributeError):
+    denoiser = getattr(params.paths, r.denoiser, None)
+    try:  # the sampler given, else the denoiser's own; the backbone is in its config.json (a damaged
+        # file is reported when it loads)
+        sampler = r.sampling.get("sampler") or settings.read(denoiser).sampling.sampler
+        if sampler == "euler":
+            return
+        backbone = read_spec(denoiser).denoiser.backbone
+    except (TalkError, TypeError):
         return
     if backbone != "clip":
         raise TalkError(f"--sampler {sampler} needs --schedule window (render.schedule: window): the rolling "

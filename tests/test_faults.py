@@ -461,6 +461,10 @@ def test_batch_outputs_are_checked_before_any_model(arts, inputs, tmp_path, runn
     line = one_line(runner.invoke(app, ["render", "--params", str(missing), "--batch", str(tmp_path / "jobs.csv")]))
     assert "jobs.csv:3: out" in line and "existing folder" in line, line
     assert not (tmp_path / "a.mp4").exists()
+    (tmp_path / "mixed.csv").write_text("image,audio,emotion,intensity,out,blend\n"
+                                        f"{inputs / 'face.png'},{inputs / 'speech.wav'},angry,0.5,b.mp4,happy:1\n")
+    line = one_line(runner.invoke(app, ["render", "--params", str(missing), "--batch", str(tmp_path / "mixed.csv")]))
+    assert "mixed.csv:2: emotion and blend each set the emotion" in line, line
 
 
 def test_damaged_crop_video_names_crop_align(arts, inputs, tmp_path):

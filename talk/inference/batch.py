@@ -63,6 +63,11 @@ def read_batch(path: Path) -> list[dict]:
             raise TalkError(f"{where}: output {job['out']} is written by an earlier row")
         outs.add(job["out"])
         try:
+            chosen = [c for c in ("blend", "emotion_from") if str(row.get(c, "")).strip()]
+            if str(row.get("emotion", "")).strip() not in ("", "neutral"):
+                chosen.insert(0, "emotion")
+            if len(chosen) > 1:
+                raise TalkError(f"{' and '.join(chosen)} each set the emotion: fill one of them")
             if row.get("blend", "").strip():
                 job["blend"] = parse_blend(row["blend"])
             elif "emotion_from" not in job:
