@@ -71,10 +71,10 @@ def render(
         from talk.inference import pipeline
         from talk.stages import render as stage
 
+        _check_schedule(params)
         if image is None and audio is None and batch is None:
             stage.run(params)
             return
-        _check_schedule(params)
         if batch is not None:
             if image is not None or audio is not None:
                 raise TalkError("--batch takes its inputs from the CSV: leave out --image / --audio")
@@ -105,15 +105,17 @@ def _check_schedule(params) -> None:
     denoiser = getattr(params.paths, r.denoiser, None)
     try:  # the sampler given, else the denoiser's own; the backbone is in its config.json (a damaged
         # file is reported when it loads)
-        sampler = r.sampling.get("sampler") or settings.read(denoiser).sampling.sampler
+        given = r.sampling.get("sampler")
+        sampler = given or settings.read(denoiser).sampling.sampler
         if sampler == "euler":
             return
         backbone = read_spec(denoiser).denoiser.backbone
     except (TalkError, TypeError):
         return
     if backbone != "clip":
-        raise TalkError(f"--sampler {sampler} needs --schedule window (render.schedule: window): the rolling "
-                        f"schedule steps every frame with Euler")
+        what = f"--sampler {sampler}" if given else f"the denoiser's sampler {sampler} ({denoiser}/inference.json)"
+        raise TalkError(f"{what} needs --schedule window (render.schedule: window): the rolling schedule steps "
+                        f"every frame with Euler")
 
 
 def _job(image: Path, audio: Path, emotion: str, level, blend, emotion_from, style_from, params) -> dict:
