@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 from render_fixture import make_artifacts, portrait, speech
 
 from talk.cli.main import app
@@ -398,9 +399,8 @@ def test_render_killed_leaves_nothing_and_reruns(arts, inputs, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, text
     assert "Traceback" not in text and not out.exists() and temps() == [], text
 
-    proc = _talk(*render_args(params, inputs / "face.png", inputs / "speech.wav", out))
-    text, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, text
+    result = CliRunner().invoke(app, render_args(params, inputs / "face.png", inputs / "speech.wav", out))  # in-process: no start-up
+    assert result.exit_code == 0, result.output
     assert len(media.read_video(out)) == 50 and temps() == []
 
 
@@ -445,9 +445,9 @@ def test_training_stage_killed_leaves_no_output_and_resumes(tmp_path):
     data = yaml.safe_load(params.read_text())
     data["pretrain_prior"]["loop"]["steps"] = int(before.split("-")[1]) + 5  # finish soon after
     params.write_text(yaml.safe_dump(data))
-    proc = _talk("pretrain-prior", "--params", str(params))
-    text, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, text
+    result = CliRunner().invoke(app, ["pretrain-prior", "--params", str(params)])  # in-process: no start-up
+    text = result.output
+    assert result.exit_code == 0, text
     assert "resumed from" in text and before in text, text
     assert (out / "model.safetensors").is_file() and temps() == []
 
