@@ -165,7 +165,12 @@ class TalkPipeline:
         if crop:
             if self.aligner is None:
                 raise TalkError("this pipeline has no face aligner: pass crop=False with an aligned crop")
-            face, _, M = self.aligner.align_image(picture)
+            try:
+                face, _, M = self.aligner.align_image(picture)
+            except TalkError as e:  # "no face found in the image": say which
+                if isinstance(image, np.ndarray):
+                    raise
+                raise TalkError(f"{image}: {e} (a portrait with one visible face, or --no-crop for an aligned crop)") from None
         else:
             face = picture
             if abs(face.shape[0] / face.shape[1] - 1) > 0.02:
@@ -216,6 +221,9 @@ class TalkPipeline:
         key = str(style_from)
         if key.startswith("style/") and key in self.prior.presets:
             return self.prior.presets[key][0].float().to(self.device)
+        if not Path(key).is_file():
+            have = sorted(k for k in self.prior.presets if k.startswith("style/"))
+            raise TalkError(f"--style-from {key}: no such file or style preset (presets: {', '.join(have) or 'none'})")
         if "style" not in self.prior.model.heads:
             raise TalkError("the prior has no style head: --style-from needs a prior trained with model.prior.heads: [.., style]")
         mu, _ = embed_reference(Path(style_from), self.prior, self.whisper, "style", self.chunking, self._face, self.image_size)
@@ -312,7 +320,8 @@ class TalkPipeline:
         if not isinstance(audio, np.ndarray):
             sound, rate = original_audio(Path(audio))
         sound = fit_length(sound, round(n / FPS * rate))
-        written = media.write_video(out, even_frames(frames), fps=FPS, audio=sound, audio_rate=rate, crf=self.settings.loop.crf)
+        written = media.write_video(out, even_frames(frames), fps=FPS, audio=sound, audio_rate=rate,
+                                   crf=self.settings.loop.crf, audio_within_video=True)
         wall = time.perf_counter() - t0
         return {"out": str(out), "frames": written, "seconds": n / FPS, "wall_s": wall, "fps": written / wall if wall else 0.0}
 
