@@ -12,7 +12,7 @@ the floor on lip sync or emotion accuracy is reported as a finding (talk/evaluat
 Inputs: ``paths.crops`` (crop_align), the trained artefacts the model row loads (``render``
 section), ``paths.prior``/embeddings.png when present. Outputs (``paths.evaluate``): metrics.json
 (per row), notes.json, per_clip.csv, plots/ (confusion matrices and the lip-sync lag curve, CSV +
-PNG), report.html (self-contained), params.yaml.
+PNG; the long render's identity curve, CSV), report.html (self-contained), params.yaml.
 """
 
 from __future__ import annotations

@@ -92,6 +92,8 @@ def test_hue_shift_and_sepia_raise_delta_e(face):
     shift = appearance.colour_shift(np.stack([shifted, sepia, noisy]), np.stack([mask] * 3), img, mask)
     assert de[0] > 10 and de[1] > 10 and de[2] < 3  # a colour change is far above pixel noise
     assert shift[0] > 10 and shift[1] > 10 and shift[2] < 0.5  # noise barely moves the mean colour
+    both = appearance.face_colour(np.stack([shifted, sepia, noisy]), np.stack([mask] * 3), img, mask)
+    assert np.allclose(both[0], de, atol=1e-4) and np.allclose(both[1], shift, atol=1e-4)  # the one-pass form agrees
     moved = np.roll(img, 3, axis=1)  # motion: ΔE per pixel sees it, the mean colour does not
     m2 = np.roll(mask, 3, axis=1)
     assert appearance.delta_e(moved[None], img, mask)[0] > 3

@@ -83,7 +83,7 @@ def render(cfg, crops: Path, rows: pd.DataFrame, ref, render_fn: RenderFn, analy
     if ref.round_trip is not None:
         masks = appearance.face_masks(tr.landmarks, h, w)
         sharp = appearance.sharpness_ratio(sub, masks, ref.round_trip, ref.mask)
-        de = appearance.delta_e(sub, ref.round_trip, ref.mask)
+        de, _ = appearance.face_colour(sub, masks, ref.round_trip, ref.mask)
         for name, v in (("sharpness_ratio", sharp), ("delta_e", de)):
             m[f"long_{name}_first"] = float(np.nanmean(v[is_first]))
             m[f"long_{name}_last"] = float(np.nanmean(v[is_last]))
