@@ -131,7 +131,7 @@ def test_output_files(ceiling_run):
     assert "src=\"http" not in html and "<link" not in html  # self-contained
 
 
-NEW_KEYS = ("id_distance", "id_drift", "sharpness_ratio", "delta_e", "colour_shift", "closed_in_pause",
+NEW_KEYS = ("emo_acc_clf_of_ceiling", "id_distance", "id_drift", "sharpness_ratio", "delta_e", "colour_shift", "closed_in_pause",
             "mouth_pause_ratio", "mouth_open_pause", "mouth_open_speech", "pause_frames",
             "fer_acc_happy", "fer_acc_sad", "fer_acc_surprised", "fer_acc_angry")
 
@@ -165,6 +165,8 @@ def test_identity_appearance_pause_and_long_render_metrics(ceiling_run, crops):
     fl = per_clip[per_clip.row == "floor"]
     assert np.allclose(fl.mouth_open_pause, fl.mouth_open_speech)  # pooled over two faces: about 1
     assert floor["mouth_pause_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert real["emo_acc_clf_of_ceiling"] == 1.0 and floor["emo_acc_clf_of_ceiling"] == pytest.approx(
+        floor["emo_acc_clf"] / real["emo_acc_clf"])
     # FER per emotion: only the fixture's emotions are scored
     assert real["fer_acc_sad"] is None and real["fer_acc_happy"] is not None
     # the long render: model row only, first and last second side by side in the report

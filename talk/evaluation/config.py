@@ -17,7 +17,7 @@ class Config:
     split: str = dataclasses.field(default="test", metadata=one_of("train", "val", "test"))  # clips scored
     reference: str = dataclasses.field(default="neutral", metadata=one_of("first_frame", "neutral"))  # frame each clip is rendered from: its own first frame, or the first frame of the speaker's neutral clip
     judge_split: str = dataclasses.field(default="train", metadata=one_of("train", "val", "test"))  # clips the emotion classifier learns from
-    max_clips: int = dataclasses.field(default=16, metadata=rng(0))  # clips scored, spread over speakers and emotions (0 = all)
+    max_clips: int = dataclasses.field(default=32, metadata=rng(0))  # clips scored, spread over speakers and emotions (0 = all); >= 32 across the test identities
     max_frames: int = dataclasses.field(default=40, metadata=rng(0))  # frames scored per clip from its start (0 = all)
     detect_upsample: int = dataclasses.field(default=-1, metadata=rng(-1, 2))  # dlib HOG upsampling (-1 = 1 below 256 px, else 0)
     descriptor_stride: int = dataclasses.field(default=5, metadata=rng(1))  # dlib 128-d descriptor on every k-th frame (74 ms each)

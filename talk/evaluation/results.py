@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "mouth_open_speech": ("mouth opening in speech", "info", "the same over frames at speech loudness"),
     "pause_frames": ("pause frames", "info", "frames in pauses: >= pause_min_frames quiet frames (pause_db below the clip's speech level), less pause_trim at each end"),
     "emo_acc_clf": ("Emo-Acc (classifier)", "up", "clip-level accuracy of the 8-class classifier trained on real training frames"),
+    "emo_acc_clf_of_ceiling": ("Emo-Acc / ceiling (classifier)", "up", "the row's clip-level classifier accuracy / the real clips' (goal >= 0.85)"),
     "emo_acc_clf_frame": ("Emo-Acc frame (classifier)", "up", "frame-level accuracy of the same classifier"),
     "emo_acc_fer": ("Emo-Acc (FER, 7)", "up", "clip-level accuracy of the FER CNN; contempt clips excluded"),
     "emo_acc_fer_frame": ("Emo-Acc frame (FER)", "up", "frame-level FER accuracy"),
@@ -126,6 +127,9 @@ def aggregate(clips: list[ClipInfo], scores: dict[str, list[RowScore]], extras: 
             r.update(ext.row_metrics(row, [s.extra_features for s in ss], [s.extra_features for s in scores["real"]],
                                      [s.metrics for s in ss]))
         out[row] = r
+    for r in out.values():
+        c = out["real"]["emo_acc_clf"]
+        r["emo_acc_clf_of_ceiling"] = r["emo_acc_clf"] / c if c > 0 else math.nan
     if long is not None:
         out["model"].update(long.metrics)
     return out
