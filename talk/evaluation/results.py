@@ -200,9 +200,9 @@ def judge_ceiling(clips: list[ClipInfo], scores: dict[str, list[RowScore]], judg
     n_test = len({c.speaker for c in clips})
     fit, frame_acc = judge["train_frame_acc"], rows["real"].get("emo_acc_clf_frame", math.nan)
     if fit - acc > 0.2:
-        why = (f"it fits its training frames to {fit:.2f} but reads the unseen identities at {acc:.2f}: it learns "
-               f"the {judge['speakers']} training faces more than the expressions, and more training "
-               "identities are the remedy")
+        why = (f"it fits its training frames to {fit:.2f} but reads the unseen identities at {acc:.2f}: the gap "
+               f"says it learns the {judge['speakers']} training faces more than their expressions (more training "
+               "identities narrow it)")
     else:
         why = (f"its training frames are fitted to only {fit:.2f}: HOG + landmark features do not separate "
                "these emotions well on this data")
