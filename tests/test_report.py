@@ -199,7 +199,7 @@ def test_judge_ceiling_says_why_in_numbers():
     rows = {"real": {"emo_acc_clf": 5 / 8, "emo_acc_clf_frame": 0.55}}
     text = results.judge_ceiling(clips, scores, judge, rows, "test")
     assert "0.62" in text and "below the 0.8" in text and "4 training faces" in text
-    assert "2 identities" in text and "sad 0/2" in text and "sad read as neutral (2)" in text
+    assert "4 identities" in text and "2 identities" in text and "sad 0/2" in text and "sad read as neutral (2)" in text
     rows["real"]["emo_acc_clf"] = 0.85
     assert results.judge_ceiling(clips, scores, judge, rows, "test") is None
     rows["real"]["emo_acc_clf"] = 0.5

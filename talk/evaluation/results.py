@@ -178,6 +178,10 @@ def findings(rows: dict) -> list[str]:
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+
 def judge_ceiling(clips: list[ClipInfo], scores: dict[str, list[RowScore]], judge: dict, rows: dict,
                   split: str) -> str | None:
     """Why the emotion classifier reads the real clips below JUDGE_CEILING_GOAL, in numbers
@@ -208,8 +212,8 @@ def judge_ceiling(clips: list[ClipInfo], scores: dict[str, list[RowScore]], judg
                "these emotions well on this data")
     return (f"The emotion classifier reads the real '{split}' clips at {acc:.2f} (frames "
             f"{frame_acc:.2f}), below the {JUDGE_CEILING_GOAL} a judge needs to steer by: {why}. It learnt from "
-            f"{judge['frames']} frames of {judge['clips']} '{judge['split']}' clips of {judge['speakers']} "
-            f"identities and is tested on {len(clips)} clips of {n_test} identities. Real clips per emotion: "
+            f"{judge['frames']} frames of {judge['clips']} '{judge['split']}' clips of {_count(judge['speakers'], 'identity')} "
+            f"and is tested on {len(clips)} clips of {_count(n_test, 'identity')}. Real clips per emotion: "
             f"{per_txt}; most confused: {top_txt}.")
 
 
