@@ -4,6 +4,7 @@ writes, and its HTML report in a real headless browser."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import types
 from pathlib import Path
@@ -181,6 +182,7 @@ def test_identity_appearance_pause_and_long_render_metrics(ceiling_run, crops):
     assert notes["long_render"]["speaker"] == "EVALA" and notes["long_render"]["clips"] == [
         "EVALA_happy_1_test", "EVALA_neutral_1_test", "EVALA_surprised_1_test"]
     assert notes["vae_round_trip"] and notes["judge_ceiling"] is None  # the judge reads the fixture's real clips well
+    assert not any("no pause" in n for n in notes["skipped"])
     html = (out / "report.html").read_text()
     assert 'id="long-render"' in html and 'alt="long render first and last second"' in html
     assert 'id="judge-ceiling"' not in html
@@ -223,6 +225,10 @@ def test_floor_as_model_is_flagged_and_neutral_reference(crops, tmp_path):
     assert any("does not beat the floor" in f and "lip-sync" in f for f in notes["findings"])
     assert any("Emo-Acc (classifier)" in f for f in notes["findings"])
     assert "does not beat the floor" in (out / "report.html").read_text()
+    # no VAE artefact: the appearance metrics are skipped, and said so; the fixture's 1-3 frame gaps are no pauses
+    assert math.isnan(rows["model"]["sharpness_ratio"]) and notes["vae_round_trip"] is None
+    assert any("sharpness ratio / ΔE / colour shift skipped" in s for s in notes["skipped"])
+    assert any("no pause" in s for s in notes["skipped"]) and rows["real"]["pause_frames"] == 0
     # reference: neutral -> every clip (the three picked are EVALA's) starts from EVALA's neutral clip
     assert notes["reference"] == "neutral" and notes["reference_fallbacks"] == 0 and len(seen) == 3
     neutral_a = media.read_video(crops / "EVALA_neutral_1_test" / "frames.mp4")[0]

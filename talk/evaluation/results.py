@@ -265,7 +265,10 @@ def notes(cfg: Config, df: pd.DataFrame, scored: Scored, rows: dict) -> dict:
             "closed_in_pause / mouth_pause_ratio": f"pauses: >= {cfg.pause_min_frames} frames {cfg.pause_db:g} dB below the "
             f"clip's 95th-percentile loudness, less {cfg.pause_trim} at each end",
         },
-        "skipped": skipped_notes(cfg, scored.vae is not None),
+        "skipped": skipped_notes(cfg, scored.vae is not None) + (
+            [f"mouth closed in pauses: no pause (>= {cfg.pause_min_frames} frames {cfg.pause_db:g} dB below speech) in the "
+             f"scored frames of the real clips (max_frames: {cfg.max_frames}; speech pauses often come at a clip's end): "
+             "score whole clips (max_frames: 0) or set evaluate.long_render"] if rows["real"]["pause_frames"] == 0 else []),
         "ceiling_note": "the real row scores the real clips against themselves: PSNR/SSIM/LMD/FID are trivially "
                         "perfect there; its lip sync, emotion accuracy and CSIM are the ceiling",
         "floor_note": "the floor repeats the reference frame: its CSIM and identity distance are trivially perfect, "
