@@ -3,13 +3,16 @@
 Every labelled clip of ``evaluate.split`` is rendered from a reference frame, its own audio and its
 emotion label by a ``render_fn(ref_frame, audio, emotion, level) -> (T, H, W, 3) uint8`` and
 scored against the real clip, on three rows: ``model`` (the renderer under test), ``real`` (the
-real clips: the ceiling) and ``floor`` (the reference frame repeated). A model that does not beat
+real clips: the ceiling) and ``floor`` (the reference frame repeated). Face sharpness and colour
+are scored against the reference's round trip through ``paths.vae`` when that artefact exists.
+With ``evaluate.long_render`` > 0, one test identity's speech is also rendered in one go and its
+identity / sharpness / colour drift scored (model row only). A model that does not beat
 the floor on lip sync or emotion accuracy is reported as a finding (talk/evaluation/).
 
 Inputs: ``paths.crops`` (crop_align), the trained artefacts the model row loads (``render``
 section), ``paths.prior``/embeddings.png when present. Outputs (``paths.evaluate``): metrics.json
 (per row), notes.json, per_clip.csv, plots/ (confusion matrices and the lip-sync lag curve, CSV +
-PNG), report.html (self-contained), params.yaml.
+PNG; the long render's identity curve, CSV), report.html (self-contained), params.yaml.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def run(params, render_fn: RenderFn | None = None) -> dict:
     chosen = select(df, cfg.split, cfg.max_clips)
     if len(chosen) == 0:
         raise TalkError(f"no labelled '{cfg.split}' clips in {crops / 'manifest.csv'}")
+    if 0 < cfg.long_render < 1:
+        raise TalkError(f"evaluate.long_render: {cfg.long_render:g} s is too short for a first and a last second (0 = off, or >= 1)")
     if render_fn is None:
         from talk.inference.pipeline import evaluation_renderer  # torch and the trained artefacts: only when needed
 
@@ -45,8 +50,8 @@ def run(params, render_fn: RenderFn | None = None) -> dict:
 
     vae_strip = params.paths.vae / "roundtrip.png"
     vae_strip = vae_strip if vae_strip.is_file() else None
-    scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights)
-    rows = results.aggregate(scored.clips, scored.scores, scored.extras)
+    scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights, params.paths.vae)
+    rows = results.aggregate(scored.clips, scored.scores, scored.extras, scored.long)
     notes = results.notes(cfg, df, scored, rows)
     for f in notes["findings"]:
         log.warning("evaluate finding: %s", f)

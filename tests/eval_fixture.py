@@ -120,21 +120,36 @@ def make_crops(root: Path, n_train: int = 12, n_test: int = 20) -> Path:
     return root
 
 
-def make_params(crops: Path, out: Path, prior: Path | None = None, **kw) -> P.Params:
+def make_params(crops: Path, out: Path, prior: Path | None = None, vae: Path | None = None, **kw) -> P.Params:
     """Params of a run scoring ``crops`` into ``out``: every clip and frame, each rendered from its
-    own first frame unless ``kw`` says otherwise; ``prior``: a folder holding embeddings.png."""
+    own first frame unless ``kw`` says otherwise; ``prior``: a folder holding embeddings.png;
+    ``vae``: a VAE artefact for the appearance metrics (None: they are skipped)."""
     kw = {"max_clips": 0, "max_frames": 0, "reference": "first_frame", **kw}
     from talk.stages import render
 
     missing = out.parent / "no-artefacts"  # the model row needs trained artefacts; tests pass render_fn
-    paths = P.Paths(crops=crops, evaluate=out, vae=missing / "vae", prior=prior or missing / "prior",
+    paths = P.Paths(crops=crops, evaluate=out, vae=vae or missing / "vae", prior=prior or missing / "prior",
                     finetune_disc=missing / "finetune_disc", diffusion=missing / "diffusion")
     sections = {"base": P.Base(), "paths": paths, "model": P.Model(), "evaluate": Config(**kw), "render": render.Config()}
     return P.Params(source=Path("test-params.yaml"), sections=types.MappingProxyType(sections))
 
 
+def make_vae(folder: Path) -> Path:
+    """A tiny untrained VAE artefact (seeded): the appearance metrics' round trip runs through it."""
+    import torch
+
+    from talk.artifacts.vae import save_vae
+    from talk.models.vae import VaeConfig, build_vae
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_vae(build_vae(VaeConfig(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4), 128), folder)
+    return folder
+
+
 def ceiling_renderer(crops: Path):
-    """A render_fn returning the real clip whose first frame it is given (the ceiling)."""
+    """A render_fn returning the real clip whose first frame it is given (the ceiling); its frames
+    cycled when the audio is longer than the clip (the long render)."""
     table = {}
     for folder in crops.iterdir():
         if (folder / "frames.mp4").is_file():
@@ -143,6 +158,7 @@ def ceiling_renderer(crops: Path):
 
     def render(ref, audio, emotion, level):
         frames = table[hashlib.sha1(ref.tobytes()).hexdigest()]
-        return frames[: len(audio) // 640]
+        n = len(audio) // 640
+        return frames[:n] if n <= len(frames) else np.resize(frames, (n, *frames.shape[1:]))
 
     return render

@@ -14,8 +14,10 @@ from talk.core.errors import TalkError
 from talk.data import discovery as D
 from talk.data import manifest as M
 from talk.media import io as media
+from talk.models.emotions import EMOTIONS
 from talk.stages import discover as stage
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"  # as in conftest.py
 N_FRAMES, SIDE, FPS = 15, 64, 25  # 0.6 s clips: above the default discover.min_duration
 TONE = (0.3 * np.sin(2 * np.pi * 440 * np.arange(N_FRAMES * media.AUDIO_RATE // FPS) / media.AUDIO_RATE)).astype(np.float32)
@@ -294,3 +296,30 @@ def test_real_sample_videos(tmp_path):
     assert bool(face.has_audio) and (face.width, face.height) == (524, 524)
     assert (manifest.groupby("speaker")["split"].nunique() == 1).all()
     assert set(manifest["split"]) == {"train", "val", "test"}
+
+
+def test_split_of_the_sample_data_has_several_identities_in_val_and_test():
+    """The default split (params.yaml discover) of sample_data's shape: 24 labelled speakers x 8
+    clips (M003, W009 are MEAD test speakers) and 14 unlabelled wild speakers, one of them (M004)
+    a portrait person too: >= 4 test and >= 2 val identities, none in train; wild keeps its fractions."""
+    cfg = P.load(ROOT / "params.yaml").discover
+    mead = [f"M{i:03d}" for i in range(1, 15)] + [f"W{i:03d}" for i in range(1, 11)]
+    wild = ["M004"] * 4 + [f"wild{i:02d}" for i in range(13)]
+    clips = pd.DataFrame([{"speaker": s, "subset": "mead", "emotion": e} for s in mead for e in EMOTIONS]
+                         + [{"speaker": s, "subset": "wild", "emotion": ""} for s in wild])
+    for seed in range(5):
+        a = D.split_speakers(clips, cfg.fractions, cfg.test_speakers, seed, cfg.min_speakers)
+        by = {split: {s for s in mead if a[s] == split} for split in ("train", "val", "test")}
+        assert len(by["test"]) >= 4 and len(by["val"]) >= 2 and len(by["train"]) >= 16, (seed, by)
+        assert {"M003", "W009"} <= by["test"]
+        assert not (by["train"] & by["test"]) and not (by["train"] & by["val"]) and not (by["val"] & by["test"])
+        assert 8 * len(by["test"]) >= 32  # evaluate.max_clips labelled test clips exist
+        wild_split = clips.loc[clips.subset == "wild", "speaker"].map(a)
+        assert (wild_split == "train").mean() >= 0.6  # the real videos stay mostly in training
+    assert P.load(ROOT / "params.yaml").evaluate.max_clips >= 32
+
+
+def test_min_speakers_give_way_to_a_train_speaker():
+    clips = pd.DataFrame([{"speaker": f"s{i}", "subset": "m", "emotion": "happy"} for i in range(4) for _ in range(3)])
+    a = D.split_speakers(clips, (0.8, 0.1, 0.1), (), 0, (1, 2, 4))
+    assert sorted(a.values()) == ["test", "test", "train", "val"]  # test first, one left for val and train

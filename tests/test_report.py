@@ -4,6 +4,7 @@ writes, and its HTML report in a real headless browser."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import types
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from eval_fixture import ceiling_renderer, face_image, make_crops, make_params
+from eval_fixture import ceiling_renderer, face_image, make_crops, make_params, make_vae
 
 from talk.core import params as P
 from talk.core.errors import TalkError
@@ -36,7 +37,9 @@ def ceiling_run(crops, tmp_path_factory):
     from PIL import Image
 
     Image.fromarray(face_image("a")).save(prior / "embeddings.png")  # any PNG stands in for the prior's plot
-    params = make_params(crops, out, prior=prior)
+    # the fixture's syllables are 2-4 frames apart: pauses of 2 frames; a 2 s long render of EVALA's 3 test clips
+    params = make_params(crops, out, prior=prior, vae=make_vae(out.parent / "vae"),
+                         pause_min_frames=2, pause_trim=0, long_render=2.0)
     rows = evaluate.run(params, render_fn=ceiling_renderer(crops))
     return out, rows
 
@@ -125,8 +128,85 @@ def test_output_files(ceiling_run):
     html = (out / "report.html").read_text()
     for key in rows["model"]:
         assert f'data-metric="{key}"' in html, key
-    assert html.count("data:image/") >= 6  # 2 confusion, lag, 2 strips, prior
+    assert html.count("data:image/") >= 8  # 2 confusion, lag, 2 strips, prior, long render frames + curve
     assert "src=\"http" not in html and "<link" not in html  # self-contained
+
+
+NEW_KEYS = ("emo_acc_clf_of_ceiling", "id_distance", "id_drift", "sharpness_ratio", "delta_e", "colour_shift", "closed_in_pause",
+            "mouth_pause_ratio", "mouth_open_pause", "mouth_open_speech", "pause_frames",
+            "fer_acc_happy", "fer_acc_sad", "fer_acc_surprised", "fer_acc_angry")
+
+
+def test_identity_appearance_pause_and_long_render_metrics(ceiling_run, crops):
+    out, rows = ceiling_run
+    saved = json.loads((out / "metrics.json").read_text())
+    for row in ("model", "real", "floor"):
+        assert set(NEW_KEYS) <= set(saved[row]), row
+    real, floor, model = saved["real"], saved["floor"], saved["model"]
+    # identity: the floor is the reference itself; the real clips are the same person, drifting as the expression ramps in
+    assert floor["id_distance"] == 0.0 and floor["id_drift"] == 0.0
+    assert 0 < real["id_distance"] < 0.6 and real["id_drift"] > 0
+    # appearance against the reference's VAE round trip: the floor is the reference vs its own round trip
+    for key in ("sharpness_ratio", "delta_e", "colour_shift"):
+        assert real[key] > 0 and floor[key] > 0, key
+    from talk.evaluation.metrics import appearance
+    from talk.evaluation.roundtrip import RoundTrip
+    from talk.evaluation.metrics.face import FaceAnalyzer
+
+    ref = media.read_video(crops / "EVALA_happy_1_test" / "frames.mp4")[0]
+    fa = FaceAnalyzer(descriptors=False)
+    mask = appearance.face_masks(fa.landmarks(ref, fa.detect(ref))[None], 128, 128)[0]
+    rt = RoundTrip(out.parent / "vae")(ref)
+    per_clip = pd.read_csv(out / "per_clip.csv")
+    got = per_clip[(per_clip.row == "floor") & (per_clip.clip_id == "EVALA_happy_1_test")].iloc[0]
+    assert got.delta_e == pytest.approx(appearance.delta_e(ref[None], rt, mask)[0], rel=1e-4)
+    assert got.sharpness_ratio == pytest.approx(appearance.sharpness_ratio(ref[None], mask[None], rt, mask)[0], rel=1e-4)
+    # pauses: the fixture's mouth follows its audio envelope; the floor's frozen mouth is as open in pauses as in speech
+    assert real["pause_frames"] > 20 and real["closed_in_pause"] > 0.8 and real["mouth_pause_ratio"] < 0.5
+    fl = per_clip[per_clip.row == "floor"]
+    assert np.allclose(fl.mouth_open_pause, fl.mouth_open_speech)  # pooled over two faces: about 1
+    assert floor["mouth_pause_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert real["emo_acc_clf_of_ceiling"] == 1.0 and floor["emo_acc_clf_of_ceiling"] == pytest.approx(
+        floor["emo_acc_clf"] / real["emo_acc_clf"])
+    # FER per emotion: only the fixture's emotions are scored
+    assert real["fer_acc_sad"] is None and real["fer_acc_happy"] is not None
+    # the long render: model row only, first and last second side by side in the report
+    assert model["long_seconds"] == 2.0 and model["long_face_rate"] == 1.0
+    for key in ("long_id_distance", "long_id_drift", "long_sharpness_ratio_first", "long_sharpness_ratio_last",
+                "long_delta_e_first", "long_delta_e_last"):
+        assert model[key] is not None, key
+        assert key not in real and key not in floor
+    curve = pd.read_csv(out / "plots" / "long_identity.csv")
+    assert list(curve.columns) == ["seconds", "id_distance"] and curve.seconds.tolist() == [0.0, 1.0]
+    notes = json.loads((out / "notes.json").read_text())
+    assert notes["long_render"]["speaker"] == "EVALA" and notes["long_render"]["clips"] == [
+        "EVALA_happy_1_test", "EVALA_neutral_1_test", "EVALA_surprised_1_test"]
+    assert notes["vae_round_trip"] and notes["judge_ceiling"] is None  # the judge reads the fixture's real clips well
+    assert not any("no pause" in n for n in notes["skipped"])
+    html = (out / "report.html").read_text()
+    assert 'id="long-render"' in html and 'alt="long render first and last second"' in html
+    assert 'id="judge-ceiling"' not in html
+    for key in NEW_KEYS:
+        assert f'data-metric="{key}"' in html, key
+
+
+def test_judge_ceiling_says_why_in_numbers():
+    from talk.evaluation import results
+    from talk.evaluation.clips import ClipInfo
+
+    clips = [ClipInfo(f"S{i % 2}_{e}", f"S{i % 2}", e, 1, 10) for i, e in enumerate(["happy", "sad", "angry", "neutral"] * 2)]
+    preds = ["happy", "neutral", "angry", "neutral", "happy", "neutral", "sad", "neutral"]  # 5 of 8 right
+    scores = {"real": [types.SimpleNamespace(metrics={"clf_pred": p}) for p in preds]}
+    judge = {"frames": 96, "clips": 8, "split": "train", "speakers": 4, "train_frame_acc": 1.0}
+    rows = {"real": {"emo_acc_clf": 5 / 8, "emo_acc_clf_frame": 0.55}}
+    text = results.judge_ceiling(clips, scores, judge, rows, "test")
+    assert "0.62" in text and "below the 0.8" in text and "4 training faces" in text
+    assert "4 identities" in text and "2 identities" in text and "sad 0/2" in text and "sad read as neutral (2)" in text
+    rows["real"]["emo_acc_clf"] = 0.85
+    assert results.judge_ceiling(clips, scores, judge, rows, "test") is None
+    rows["real"]["emo_acc_clf"] = 0.5
+    judge["train_frame_acc"] = 0.6
+    assert "fitted to only 0.60" in results.judge_ceiling(clips, scores, judge, rows, "test")
 
 
 def test_floor_as_model_is_flagged_and_neutral_reference(crops, tmp_path):
@@ -145,6 +225,10 @@ def test_floor_as_model_is_flagged_and_neutral_reference(crops, tmp_path):
     assert any("does not beat the floor" in f and "lip-sync" in f for f in notes["findings"])
     assert any("Emo-Acc (classifier)" in f for f in notes["findings"])
     assert "does not beat the floor" in (out / "report.html").read_text()
+    # no VAE artefact: the appearance metrics are skipped, and said so; the fixture's 1-3 frame gaps are no pauses
+    assert math.isnan(rows["model"]["sharpness_ratio"]) and notes["vae_round_trip"] is None
+    assert any("sharpness ratio / ΔE / colour shift skipped" in s for s in notes["skipped"])
+    assert any("no pause" in s for s in notes["skipped"]) and rows["real"]["pause_frames"] == 0
     # reference: neutral -> every clip (the three picked are EVALA's) starts from EVALA's neutral clip
     assert notes["reference"] == "neutral" and notes["reference_fallbacks"] == 0 and len(seen) == 3
     neutral_a = media.read_video(crops / "EVALA_neutral_1_test" / "frames.mp4")[0]

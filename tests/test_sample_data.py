@@ -21,8 +21,8 @@ from talk.synthesis import rig as R
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "data" / "sources"
-TINY = [  # 2 identities x 2 emotions x 1 level x 1 utterance of 1 s
-    "sample_data.identities=[W002, M001]",
+TINY = [  # 3 identities (M012: one of the people added from the samples' identities/) x 2 emotions x 1 level x 1 utterance of 1 s
+    "sample_data.identities=[W002, M001, M012]",
     "sample_data.emotions=[neutral, happy]",
     "sample_data.levels=[3]",
     "sample_data.utterances=1",
@@ -71,6 +71,8 @@ def test_mead_layout_and_outputs(tiny):
     assert clips == [
         "M001/video/front/happy/level_3/001.mp4",
         "M001/video/front/neutral/level_1/001.mp4",  # neutral lives in level_1, as in MEAD
+        "M012/video/front/happy/level_3/001.mp4",
+        "M012/video/front/neutral/level_1/001.mp4",
         "W002/video/front/happy/level_3/001.mp4",
         "W002/video/front/neutral/level_1/001.mp4",
     ]
@@ -82,13 +84,18 @@ def test_mead_layout_and_outputs(tiny):
     with open(mead / "SOURCES.tsv", newline="") as f:
         kinds = {r["kind"] for r in csv.DictReader(f, delimiter="\t")}
     assert kinds == {"portrait", "speech"}
+    assert (mead / "dropped.tsv").read_text() == "file\tspeaker\treason\n"  # all three pass the face check
     # the in-the-wild subset: flat videos, a same-stem wav beside those without audio
     wild = tiny / "wild"
     videos = sorted(wild.glob("*.mp4"))
-    assert len(videos) == 7 and not [p for p in wild.iterdir() if p.is_dir()]
+    assert len(videos) == 17 and not [p for p in wild.iterdir() if p.is_dir()]
     for v in videos:
         info = media.probe(v)
         assert info.has_audio or v.with_suffix(".wav").is_file(), v.name
+        assert info.duration <= 10.1, v.name  # trimmed to 10 s at most
+    # Obama is a portrait (M004) and the person of 4 wild videos: labels.csv names him there
+    labels = pd.read_csv(wild / "labels.csv")
+    assert set(labels["speaker"]) == {"M004"} and len(labels) == 4 and all((wild / p).is_file() for p in labels["path"])
     # nothing temporary left behind
     assert not [p for p in tiny.iterdir() if p.name.startswith(".")]
 
@@ -134,7 +141,10 @@ def test_deterministic_for_a_seed_whatever_the_workers(tiny, tmp_path, runner, m
     monkeypatch.chdir(ROOT)
     result = _run(runner, tmp_path, "sample_data.workers=1")
     assert result.exit_code == 0, result.output
+    for name in ("index.csv", "dropped.tsv"):
+        assert (tmp_path / "mead" / name).read_bytes() == (tiny / "mead" / name).read_bytes()
     for video in sorted((tiny / "mead").rglob("*.mp4")):
+        assert (tmp_path / "mead" / video.relative_to(tiny / "mead")).read_bytes() == video.read_bytes()  # bitwise
         rel = video.relative_to(tiny / "mead")
         again = tmp_path / "mead" / rel
         assert again.with_suffix(".gt.csv").read_text() == video.with_suffix(".gt.csv").read_text()
@@ -164,19 +174,73 @@ def test_missing_sources_manifest_is_a_user_error(tmp_path, runner, monkeypatch)
     assert not (tmp_path / "out").exists()
 
 
-def test_portrait_without_a_face_fails_cleanly_in_a_worker(tmp_path, runner):
+def _sources_with_a_wall(tmp_path: Path) -> Path:
+    """Sources of two portraits: a grey wall (X001, no face) and a real one (X002)."""
     src = tmp_path / "sources"
     (src / "portraits").mkdir(parents=True)
     cv2.imwrite(str(src / "portraits" / "wall.png"), np.full((200, 200, 3), 128, np.uint8))
+    (src / "portraits" / "face.jpg").write_bytes((SOURCES / "portraits" / "eamm__scarlett.jpg").read_bytes())
     (src / "speech").mkdir()
     media.write_wav(src / "speech" / "a.wav", 0.3 * np.sin(np.linspace(0, 2000, 16000)).astype(np.float32))
-    rows = ["file\tkind\tspeaker\tgender\temotion", "portraits/wall.png\tportrait\tX001\t\t", "speech/a.wav\tspeech\t\t\t"]
+    rows = ["file\tkind\tspeaker\tgender\temotion", "portraits/wall.png\tportrait\tX001\t\t",
+            "portraits/face.jpg\tportrait\tX002\tF\t", "speech/a.wav\tspeech\t\t\t"]
     (src / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    return src
+
+
+def test_portrait_without_a_face_is_dropped_with_its_reason(tmp_path, runner):
+    src = _sources_with_a_wall(tmp_path)
+    out = tmp_path / "out"
+    result = _run(runner, out, f"paths.sources={src}", "sample_data.identities=[]", "sample_data.wild=false",
+                  "sample_data.emotions=[neutral]", "sample_data.workers=2")
+    assert result.exit_code == 0, result.output
+    assert "wall.png (X001) dropped: no face found" in result.output  # said in the stage log
+    dropped = pd.read_csv(out / "mead" / "dropped.tsv", sep="\t")
+    assert dropped.to_dict("records") == [{"file": "wall.png", "speaker": "X001", "reason": "no face found"}]
+    assert sorted(p.relative_to(out / "mead").as_posix() for p in (out / "mead").rglob("*.mp4")) == [
+        "X002/video/front/neutral/level_1/001.mp4"]
+
+
+def test_no_usable_portrait_is_one_line_exit_2_and_no_output(tmp_path, runner):
+    src = _sources_with_a_wall(tmp_path)
     out = tmp_path / "out"
     result = _run(runner, out, f"paths.sources={src}", "sample_data.identities=[X001]", "sample_data.workers=2")
     assert result.exit_code == 2, result.output
-    assert "no face found" in result.output and "Traceback" not in result.output
+    assert "no usable portrait left" in result.output and "Traceback" not in result.output
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_face_check_reasons(rig):
+    spec = R.RigSpec(size=192)
+    face = rig.canvas  # one aligned face, IOD 48 px
+    assert R.portrait_problem(face, spec, min_iod=40, max_mouth_open=0.12) == ""
+    two = np.concatenate([face, face], axis=1)
+    assert R.portrait_problem(two, spec, 40, 0.12).startswith("2 faces found")
+    small = cv2.resize(face, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    assert R.portrait_problem(small, spec, 40, 0.12).startswith("face too small: 24 px between the eyes")
+    opened = rig.render(rig.pose(E.mouth_offsets(rig.neutral, 0.3)))
+    assert R.portrait_problem(opened, spec, 40, 0.12).startswith("mouth open")
+
+
+def test_plan_rotates_levels_over_identities_and_keeps_every_emotion():
+    from talk.synthesis.sources import read_sources
+
+    sources = read_sources(SOURCES)
+    cfg = S.SampleConfig()  # the defaults: every portrait, one level per (speaker, emotion), one utterance
+    jobs = S.plan(cfg, sources, 0)
+    speakers = {j.speaker for j in jobs}
+    assert len(speakers) >= 24
+    for sp in speakers:  # every speaker has every emotion, once
+        assert sorted(j.emotion for j in jobs if j.speaker == sp) == sorted(EMOTIONS), sp
+    cells = {(j.emotion, j.level) for j in jobs}
+    assert all((e, k) in cells for e in EMOTIONS if e != "neutral" for k in (1, 2, 3))  # every level is somewhere
+    assert len(jobs) == 8 * len(speakers)
+    # a dropped speaker leaves the others' clips as they were
+    fewer = S.plan(cfg, sources, 0, dropped={"M001"})
+    assert {j.key for j in fewer} == {j.key for j in jobs if j.speaker != "M001"}
+    # levels_per_identity=0: every level for everyone (the MEAD grid)
+    full = S.plan(S.SampleConfig(identities=("W002",), levels_per_identity=0, utterances=2), sources, 0)
+    assert len(full) == 7 * 3 * 2 + 6
 
 
 def test_bad_config_values_are_rejected(runner, monkeypatch):
@@ -191,14 +255,19 @@ def test_sources_are_attributed():
     with open(SOURCES / "MANIFEST.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     listed = {r["file"] for r in rows}
-    carried = {p.relative_to(SOURCES).as_posix() for p in SOURCES.rglob("*") if p.is_file()} - {"MANIFEST.tsv", "build.py"}
+    carried = {p.relative_to(SOURCES).as_posix() for p in SOURCES.rglob("*") if p.is_file()} - {"MANIFEST.tsv", "build.py", "README.md"}
     assert listed == carried
     for r in rows:
         assert r["origin_repo"] and r["licence"] and r["what_it_shows"], r["file"]
     portraits = [r for r in rows if r["kind"] == "portrait"]
-    assert len({r["speaker"] for r in portraits}) >= 6
+    assert len({r["speaker"] for r in portraits}) >= 24
+    # held out: >= 5 people of their own, in heldout/ only, read by no stage (kind heldout_portrait)
+    heldout = [r for r in rows if r["kind"] == "heldout_portrait"]
+    assert len({r["speaker"] for r in heldout}) >= 5 and all(r["file"].startswith("heldout/") for r in heldout)
+    assert not {r["speaker"] for r in heldout} & {r["speaker"] for r in rows if r["kind"] != "heldout_portrait"}
     assert len([r for r in rows if r["kind"] == "speech"]) >= 6
-    assert sum(p.stat().st_size for p in SOURCES.rglob("*") if p.is_file()) < 8e6
+    assert len([r for r in rows if r["kind"] == "wild_video"]) >= 17
+    assert sum(p.stat().st_size for p in SOURCES.rglob("*") if p.is_file()) < 12e6
 
 
 # -- expressions -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ TINY = [
     "sample_data.emotions=[neutral,happy,sad,angry]",
     "sample_data.levels=[3]",
     "sample_data.utterances=1",
+    "discover.min_speakers=[1,1,1]",  # 6 speakers: keep the old 4 train, 1 val, 1 test
     "sample_data.seconds=1.2",
     "fit_vae.loop.steps=30",
     "fit_vae.max_clips=8",

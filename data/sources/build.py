@@ -3,13 +3,22 @@
     .venv/bin/python data/sources/build.py --samples /work/shared/samples \
         --insightface-wheel /tmp/if/insightface-2.1-py3-none-any.whl
 
-- portraits/: the sample portraits as they are, plus face crops from the photo that the
-  insightface 2.1 wheel ships (insightface/data/images/t1.jpg); the package is not a dependency.
+- portraits/: the sample portraits as they are, face crops from the photo that the insightface
+  2.1 wheel ships (insightface/data/images/t1.jpg; the package is not a dependency), and one photo
+  (the most frontal, closed-mouth one) of each of 14 of the 19 people in the samples' identities/.
+  sample_data checks every portrait with the dlib detector before warping it and drops (with the
+  reason) those with no face, several faces or a face too small.
+- heldout/: both photos of the other 5 people of identities/ (kind ``heldout_portrait``): no stage
+  reads them; they are faces no model has seen, for benchmarks/vae_quality.py. The 5 held out are
+  the ones least fit to warp (open mouth or a small face) and appear in no talking video.
 - speech/: utterances of about 3 s cut at pauses out of the real speech recordings, 16 kHz mono.
   The long recordings that belong to a talking video give their first 10 s to wild/ and the
   rest to speech/, so the two subsets share no audio.
 - wild/: the real talking videos, first 10 s, re-encoded at 25 fps and at most 256 px, named
-  HDTF-like ``<speaker>_000``; a same-stem 16 kHz .wav beside each video without an audio track.
+  HDTF-like ``<speaker>_<nnn>``; a same-stem 16 kHz .wav beside each video without an audio track.
+  A video of a person who is also a portrait carries the portrait's speaker id in the manifest
+  (sample_data writes it to wild/labels.csv), so the speaker-disjoint split keeps the person on
+  one side (id02 of identities/ is the Obama of the videos: M004).
 - MANIFEST.tsv: one row per file with its origin, licence, what it shows and how it was cut.
 """
 
@@ -52,6 +61,28 @@ INSIGHTFACE_FACES = [
     ("M003", "M", 503, 348, 140, "man, dark hair, slight smile, head tilted"),
     ("W007", "F", 121, 336, 140, "woman, long blonde hair, mouth closed, eyes lowered, head tilted"),
 ]
+# identities/ of the samples (people id01..id19): speaker id, gender, photo; the most frontal,
+# closed-mouth photo (<id>_1) of each person used for clips
+IDENTITIES = [
+    ("W008", "F", "identities/id01_1.jpg"),
+    ("M004", "M", "identities/id02_1.jpg"),  # also in the wild videos (styletalk Obama_clip*, edtalk uncrop_Obama)
+    ("M005", "M", "identities/id03_1.jpg"),
+    ("M006", "M", "identities/id04_1.jpg"),
+    ("M007", "M", "identities/id05_1.jpg"),
+    ("W009", "F", "identities/id06_1.jpg"),
+    ("M008", "M", "identities/id07_1.jpg"),
+    ("M009", "M", "identities/id08_1.jpg"),
+    ("M010", "M", "identities/id11_1.jpg"),
+    ("M011", "M", "identities/id12_1.jpg"),
+    ("W010", "F", "identities/id16_1.jpg"),
+    ("M012", "M", "identities/id17_1.jpg"),
+    ("M013", "M", "identities/id18_1.jpg"),
+    ("M014", "M", "identities/id19_1.jpg"),
+]
+# held out of every stage (heldout/): all photos of these people; mouth gap (IOD) and face size
+# of the first photo from dlib: id09 0.18 open, id10 32 px IOD, id13 0.14 open, id14 0.20 open,
+# id15 41 px IOD
+HELDOUT = ["id09", "id10", "id13", "id14", "id15"]
 # speech: sample file, gender (from median F0), emotion label, start s, end s (None: to the end)
 SPEECH = [
     ("audio/emotalk__angry1.wav", "F", "angry", 0.0, None),
@@ -62,14 +93,26 @@ SPEECH = [
     ("video/styletalk__andrew_clip_1.wav", "M", "", WILD_SECONDS, None),
     ("video/styletalk__reagan_clip1.wav", "M", "", WILD_SECONDS, None),
 ]
-WILD = [  # video, separate wav (None: audio in the container), output stem (HDTF-like <speaker>_<nnn>)
-    ("video/videoretalking__face_1.mp4", None, "videoretalking_face1_000"),
-    ("video/videoretalking__face_5.mp4", None, "videoretalking_face5_000"),
-    ("video/styletalk__KristiNoem.mp4", "video/styletalk__KristiNoem.wav", "styletalk_KristiNoem_000"),
-    ("video/styletalk__Obama_clip1.mp4", "video/styletalk__Obama_clip1.wav", "styletalk_Obama_000"),
-    ("video/styletalk__andrew_clip_1.mp4", "video/styletalk__andrew_clip_1.wav", "styletalk_andrew_000"),
-    ("video/styletalk__feifeili_clip3.mp4", "video/styletalk__feifeili_clip3.wav", "styletalk_feifeili_000"),
-    ("video/styletalk__reagan_clip1.mp4", "video/styletalk__reagan_clip1.wav", "styletalk_reagan_000"),
+# video, separate wav (None: audio in the container), output stem (HDTF-like <speaker>_<nnn>),
+# speaker id when the person is also a portrait ('' : the stem names the speaker)
+WILD = [
+    ("video/videoretalking__face_1.mp4", None, "videoretalking_face1_000", ""),
+    ("video/videoretalking__face_2.mp4", None, "videoretalking_face2_000", ""),
+    ("video/videoretalking__face_3.mp4", None, "videoretalking_face3_000", ""),
+    ("video/videoretalking__face_5.mp4", None, "videoretalking_face5_000", ""),
+    ("video/edtalk__uncrop_Obama.mp4", None, "edtalk_uncropObama_000", "M004"),
+    ("video/edtalk__mouth_source.mp4", "video/edtalk__mouth_source.wav", "edtalk_mouthsource_000", ""),
+    ("video/edtalk__pose_source2.mp4", None, "edtalk_posesource2_000", ""),
+    ("video/liveportrait__d20.mp4", None, "liveportrait_d20_000", ""),
+    ("video/styletalk__KristiNoem.mp4", "video/styletalk__KristiNoem.wav", "styletalk_KristiNoem_000", ""),
+    ("video/styletalk__Obama_clip1.mp4", "video/styletalk__Obama_clip1.wav", "styletalk_Obama_000", "M004"),
+    ("video/styletalk__Obama_clip2.mp4", "video/styletalk__Obama_clip2.wav", "styletalk_Obama_001", "M004"),
+    ("video/styletalk__Obama_clip3.mp4", "video/styletalk__Obama_clip3.wav", "styletalk_Obama_002", "M004"),
+    ("video/styletalk__andrew_clip_1.mp4", "video/styletalk__andrew_clip_1.wav", "styletalk_andrew_000", ""),
+    ("video/styletalk__andrew_clip_2.mp4", "video/styletalk__andrew_clip_2.wav", "styletalk_andrew_001", ""),
+    ("video/styletalk__feifeili_clip1.mp4", "video/styletalk__feifeili_clip1.wav", "styletalk_feifeili_001", ""),
+    ("video/styletalk__feifeili_clip3.mp4", "video/styletalk__feifeili_clip3.wav", "styletalk_feifeili_000", ""),
+    ("video/styletalk__reagan_clip1.mp4", "video/styletalk__reagan_clip1.wav", "styletalk_reagan_000", ""),
 ]
 COLUMNS = ["file", "kind", "speaker", "gender", "emotion", "origin_repo", "origin_path", "commit",
            "licence", "what_it_shows", "derivation", "sha256_16"]
@@ -118,6 +161,8 @@ def main() -> None:
     args = ap.parse_args()
     with open(args.samples / "MANIFEST.tsv", newline="") as f:
         meta = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
+    with open(args.samples / "identities" / "MANIFEST.tsv", newline="") as f:
+        people = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
     rows = []
 
     def origin(sample: str) -> dict:
@@ -125,7 +170,17 @@ def main() -> None:
         return {"origin_repo": m["source_repo"], "origin_path": m["path_in_repo"], "commit": m["commit"],
                 "licence": m["repo_license"], "what_it_shows": m["what_it_shows"]}
 
-    for sub in ("portraits", "speech", "wild"):
+    def person(sample: str, kind: str, speaker: str, gender: str) -> dict:
+        m = people[sample]
+        name = f"{m['source_repo'].split('/')[-1]}__{Path(sample).stem}.jpg"  # e.g. deepface__id01_1.jpg
+        return {"file": f"{'portraits' if kind == 'portrait' else 'heldout'}/{name}", "kind": kind,
+                "speaker": speaker, "gender": gender, "origin_repo": m["source_repo"],
+                "origin_path": m["path_in_repo"], "commit": m["commit"], "licence": m["repo_license"],
+                "what_it_shows": f"Real photo, person {m['identity']} of the samples' identities/ "
+                                 f"(face {m['face_px']} px, yaw {m['yaw_iod']} IOD, mouth gap {m['mouth_gap_iod']} IOD)",
+                "derivation": f"samples' {sample} ({m['note']}), copied unchanged"}
+
+    for sub in ("portraits", "heldout", "speech", "wild"):
         shutil.rmtree(HERE / sub, ignore_errors=True)
         (HERE / sub).mkdir()
 
@@ -134,6 +189,16 @@ def main() -> None:
         shutil.copyfile(args.samples / sample, dst)
         rows.append({"file": f"portraits/{dst.name}", "kind": "portrait", "speaker": speaker, "gender": gender,
                      **origin(sample), "derivation": "copied unchanged"})
+
+    for speaker, gender, sample in IDENTITIES:
+        row = person(sample, "portrait", speaker, gender)
+        shutil.copyfile(args.samples / sample, HERE / row["file"])
+        rows.append(row)
+    for sample in sorted(people):
+        if people[sample]["identity"] in HELDOUT:
+            row = person(sample, "heldout_portrait", people[sample]["identity"], "")
+            shutil.copyfile(args.samples / sample, HERE / row["file"])
+            rows.append(row)
 
     with zipfile.ZipFile(args.insightface_wheel) as z, tempfile.TemporaryDirectory() as tmp:
         src = Path(z.extract("insightface/data/images/t1.jpg", tmp))
@@ -167,7 +232,7 @@ def main() -> None:
                          **origin(sample),
                          "derivation": f"{t0 + a / RATE:.2f}-{t0 + b / RATE:.2f} s of the recording, 16 kHz mono"})
 
-    for video, wav, stem in WILD:
+    for video, wav, stem, speaker in WILD:
         frames = media.read_video(args.samples / video, fps=media.VIDEO_FPS)[: int(WILD_SECONDS * media.VIDEO_FPS)]
         h, w = frames.shape[1:3]
         scale = min(1.0, 256 / max(h, w))
@@ -185,7 +250,7 @@ def main() -> None:
             media.write_wav(HERE / "wild" / f"{stem}.wav", audio)
             rows.append({"file": f"wild/{stem}.wav", "kind": "wild_audio", **origin(wav),
                          "derivation": f"first {len(audio) / RATE:.2f} s, 16 kHz mono"})
-        rows.append({"file": f"wild/{stem}.mp4", "kind": "wild_video", **origin(video),
+        rows.append({"file": f"wild/{stem}.mp4", "kind": "wild_video", "speaker": speaker, **origin(video),
                      "derivation": f"first {seconds:.2f} s, 25 fps, {size[0]}x{size[1]}, H.264 crf 20"
                                    + (", AAC 16 kHz mono" if wav is None else "")})
 

@@ -21,7 +21,10 @@ unusable goes to the rejects table with its reason and the run continues. ``has_
 when the video carries its own audio track (then ``audio_path == video_path``); a clip without any
 usable audio is rejected. The split is by speaker (no speaker in two splits), MEAD's usual test
 speakers go to test (§3), the rest is shuffled with ``seed`` and filled per subset towards
-``fractions`` of its clips (``split_speakers``).
+``fractions`` of its clips (``split_speakers``); a subset with emotion labels (what evaluate
+scores) gets at least ``min_speakers`` speakers in val and test as far as its speakers allow, so
+the test row is several people, not one. A speaker named the same in two subsets (a labels CSV
+can name a wild video's speaker) stays in one split.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class DiscoverConfig:
     min_side: int = dataclasses.field(default=64, metadata=rng(1))  # px, videos with a smaller width or height are rejected
     max_av_gap: float = dataclasses.field(default=0.5, metadata=rng(0))  # s, largest |audio - video| length for a separate audio file
     fractions: tuple[float, ...] = dataclasses.field(default=(0.8, 0.1, 0.1), metadata=rng(0, 1))  # train, val, test share of each subset's clips
+    min_speakers: tuple[int, ...] = dataclasses.field(default=(1, 2, 4), metadata=rng(1))  # train, val, test: fewest speakers of each split in a subset with emotion labels, as far as its speakers allow
     test_speakers: tuple[str, ...] = ("M003", "M030", "W009", "W015")  # always in test when present (MEAD protocol)
     seed: int = dataclasses.field(default=0, metadata=rng(0))  # split shuffle seed (kept apart from base.seed so the split stays put)
 
@@ -70,6 +74,8 @@ class DiscoverConfig:
             raise TalkError("discover.roots: give at least one data root")
         if len(self.fractions) != 3 or abs(sum(self.fractions) - 1.0) > 1e-6:
             raise TalkError(f"discover.fractions: train, val, test must sum to 1, got {list(self.fractions)}")
+        if len(self.min_speakers) != 3:
+            raise TalkError(f"discover.min_speakers: give train, val, test, got {list(self.min_speakers)}")
         try:
             pattern = re.compile(self.speaker_pattern)
         except re.error as e:
@@ -256,10 +262,14 @@ def examine(c: Candidate, cfg: DiscoverConfig) -> tuple[dict | None, str]:
     path = c.path
     try:
         info = media.probe(path)
+        decoded = media.decoded_duration(path) if info.has_video else None
     except TalkError as e:
         return None, _reason(e, path)
     if not info.has_video:
         return None, "no video stream"
+    if decoded.damaged:  # the manifest records what decodes, and says when it is less than announced
+        runtime.log.warning("%s; the manifest records the %.2f s that decode", decoded.describe(), decoded.kept)
+        info = dataclasses.replace(info, duration=min(decoded.kept, decoded.seconds))
     if not info.fps > 0:
         return None, "unknown frame rate"
     if info.duration < cfg.min_duration:
@@ -325,30 +335,41 @@ def unique_ids(ids: Sequence[str], keys: Sequence[str]) -> list[str]:
 
 
 def split_speakers(
-    clips: pd.DataFrame, fractions: Sequence[float], test_speakers: Sequence[str], seed: int
+    clips: pd.DataFrame, fractions: Sequence[float], test_speakers: Sequence[str], seed: int,
+    min_speakers: Sequence[int] = (1, 1, 1),
 ) -> dict[str, str]:
     """Speaker -> split. Speaker-disjoint; ``test_speakers`` present go to test; each subset's
     other speakers, shuffled by ``seed``, fill test then val towards ``fractions`` of the subset's
-    clips (one speaker at least when the fraction is above 0, one left for train)."""
+    clips: at least one speaker when the fraction is above 0 (``min_speakers`` val, test in a
+    subset with emotion labels), then more only while that gets closer to the fraction; test
+    leaves one speaker for val (when it has a fraction and there are 3 or more) and the fewest
+    asked for train (at least one).
+    A speaker already placed (an earlier subset, ``test_speakers``) keeps its split."""
     assign = {s: "test" for s in test_speakers if s in set(clips["speaker"])}
+    labelled = set(clips.loc[clips["emotion"].fillna("").astype(str) != "", "subset"]) if "emotion" in clips else set()
     for subset in sorted(clips["subset"].unique()):
         counts = clips.loc[clips["subset"] == subset, "speaker"].value_counts()
         total = int(counts.sum())
         done = {split: sum(int(n) for s, n in counts.items() if assign.get(s) == split) for split in SPLITS}
+        have = {split: sum(assign.get(s) == split for s in counts.index) for split in SPLITS}
+        mins = dict(zip(SPLITS, min_speakers if subset in labelled else (1, 1, 1)))
         free = sorted(s for s in counts.index if s not in assign)
         order = [free[i] for i in np.random.default_rng([seed, zlib.crc32(subset.encode())]).permutation(len(free))]
         for split, fraction in (("test", fractions[2]), ("val", fractions[1])):
+            if fraction <= 0:
+                continue
             need = fraction * total - done[split]
-            taken = 0
+            want = max(mins[split], 1) - have[split]
+            keep = max(mins["train"], 1) + (split == "test" and fractions[1] > 0 and len(order) >= 3)  # left for train, val
             for s in list(order):
-                if len(order) <= 1 or need <= 0:
+                if len(order) <= keep or (want <= 0 and need <= 0):
                     break
                 n = int(counts[s])
-                if taken == 0 and done[split] == 0 or n < 2 * need:  # the first one, then only if it gets closer
+                if want > 0 or n < 2 * need:  # the fewest asked for, then only if it gets closer
                     assign[s] = split
                     order.remove(s)
                     need -= n
-                    taken += 1
+                    want -= 1
         for s in order:
             assign[s] = "train"
     return assign
@@ -397,7 +418,7 @@ def discover(cfg: DiscoverConfig, raw: Path) -> tuple[pd.DataFrame, pd.DataFrame
         )
     manifest = pd.DataFrame(rows)
     manifest["clip_id"] = unique_ids(list(manifest["clip_id"]), list(manifest["video_path"]))
-    speakers = split_speakers(manifest, cfg.fractions, cfg.test_speakers, cfg.seed)
+    speakers = split_speakers(manifest, cfg.fractions, cfg.test_speakers, cfg.seed, cfg.min_speakers)
     manifest["split"] = manifest["speaker"].map(speakers)
     return manifest[list(COLUMNS)], rejected, layouts
 

@@ -17,12 +17,17 @@ class Config:
     split: str = dataclasses.field(default="test", metadata=one_of("train", "val", "test"))  # clips scored
     reference: str = dataclasses.field(default="neutral", metadata=one_of("first_frame", "neutral"))  # frame each clip is rendered from: its own first frame, or the first frame of the speaker's neutral clip
     judge_split: str = dataclasses.field(default="train", metadata=one_of("train", "val", "test"))  # clips the emotion classifier learns from
-    max_clips: int = dataclasses.field(default=16, metadata=rng(0))  # clips scored, spread over speakers and emotions (0 = all)
+    max_clips: int = dataclasses.field(default=32, metadata=rng(0))  # clips scored, spread over speakers and emotions (0 = all); >= 32 across the test identities
     max_frames: int = dataclasses.field(default=40, metadata=rng(0))  # frames scored per clip from its start (0 = all)
     detect_upsample: int = dataclasses.field(default=-1, metadata=rng(-1, 2))  # dlib HOG upsampling (-1 = 1 below 256 px, else 0)
     descriptor_stride: int = dataclasses.field(default=5, metadata=rng(1))  # dlib 128-d descriptor on every k-th frame (74 ms each)
     sync_max_offset: int = dataclasses.field(default=5, metadata=rng(1))  # frames, +- range of the audio-video offset search
     closed_mouth_gap: float = dataclasses.field(default=0.05, metadata=rng(0.0))  # inner-lip gap / inter-ocular distance below which a mouth counts as closed
+    drift_window: int = dataclasses.field(default=25, metadata=rng(1))  # frames (1 s): identity drift = mean distance over a clip's last window minus its first (shorter clips: half their length each)
+    pause_db: float = dataclasses.field(default=30.0, metadata=rng(0.0))  # dB below the clip's speech level (95th-percentile loudness) at which a frame is silent
+    pause_min_frames: int = dataclasses.field(default=5, metadata=rng(1))  # frames: shortest silent stretch that counts as a pause (mouth closed in pauses)
+    pause_trim: int = dataclasses.field(default=1, metadata=rng(0))  # frames left out at each end of a pause (the mouth closes after the sound stops)
+    long_render: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # s: one test identity's test speech concatenated and rendered in one go, for identity / sharpness / colour drift (0 = off; >= 30 for a long-render check)
     judge_max_clips: int = dataclasses.field(default=64, metadata=rng(0))  # training clips for the emotion classifier, spread over speakers and emotions (0 = all)
     judge_frames_per_clip: int = dataclasses.field(default=12, metadata=rng(1))  # training frames per clip for the emotion classifier
     judge_l2: float = dataclasses.field(default=1e-3, metadata=rng(0.0))  # classifier weight decay

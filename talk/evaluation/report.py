@@ -4,7 +4,8 @@
   shape of DVC's ``confusion`` template) and PNG, and the lip-sync lag curve (CSV + PNG).
 - ``write_html``: metric table with the ceiling and floor rows, findings, notes, confusion
   matrices, frame strips of each emotion per identity (generated above real), the prior's
-  embedding plot when it exists, and the per-clip table. Every image is an inline data URI, so
+  embedding plot when it exists, the long render's first and last second side by side with its
+  identity distance over time (``evaluate.long_render``), and the per-clip table. Every image is an inline data URI, so
   the file can be mailed or opened anywhere. A small script marks ``<body data-images-ok>``
   once every image has decoded (the browser test reads it).
 """
@@ -135,6 +136,35 @@ def strip_image(by_emotion: dict[str, dict[str, np.ndarray]], size: int, label_w
     return encode_image(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
+def long_image(first: np.ndarray, last: np.ndarray, size: int, label_width: int = 150) -> bytes:
+    """The long render's first-second frames above its last-second frames, as JPEG."""
+    rows = []
+    for name, frames in (("first second", first), ("last second", last)):
+        cells = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]
+        label = np.full((size, label_width, 3), 255, np.uint8)
+        cv2.putText(label, name, (6, size // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([label, *cells], axis=1))
+    return encode_image(np.concatenate(rows, axis=0), ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 88])
+
+
+def long_figure(curve: np.ndarray, same_person: float) -> bytes:
+    """Identity distance to the reference over the long render (s), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.0))
+    ax.plot(curve[:, 0], curve[:, 1], marker=".")
+    ax.axhline(same_person, color="gray", lw=0.8, ls="--", label=f"dlib same-person threshold {same_person}")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("identity distance (dlib-128)")
+    ax.legend(fontsize=8)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # HTML
 
@@ -150,6 +180,7 @@ class ReportData:
     prior_plot: Path | None = None
     vae_strip: Path | None = None  # fit_vae's roundtrip.png (held-out frames above their round trip)
     strip_size: int = 96
+    long: object | None = None  # talk.evaluation.long_render.LongRender
     title: str = "talk: evaluation report"
 
 
@@ -252,6 +283,8 @@ def write_html(path: Path, data: ReportData) -> None:
     parts.append(f'<h2>Notes</h2><ul class="notes">{"".join(notes)}</ul>')
 
     parts.append("<h2>Emotion judges</h2>")
+    if n.get("judge_ceiling"):
+        parts.append(f'<p class="findings" id="judge-ceiling">{html.escape(n["judge_ceiling"])}</p>')
     for name in ("confusion_clf", "confusion_fer"):
         if name in data.plots:
             parts.append(f"<p>{_img(data.plots[name], name)}</p>")
@@ -269,6 +302,20 @@ def write_html(path: Path, data: ReportData) -> None:
         parts.append("<h2>VAE round trip</h2><p>Held-out val frames (top) and their encode &rarr; decode through "
                      "the VAE (bottom): the ceiling of every render (fit_vae's metrics.json has the figures).</p>")
         parts.append(f"<p>{_img(data.vae_strip.read_bytes(), 'VAE round trip')}</p>")
+
+    if data.long is not None:
+        from talk.evaluation.metrics.identity import SAME_PERSON
+
+        lr = data.long
+        m = lr.metrics
+        parts.append(f'<h2 id="long-render">Long render</h2><p>{m["long_seconds"]:.1f} s of {html.escape(lr.speaker)}\'s '
+                     f"test speech ({len(lr.clips)} clips concatenated) rendered in one go from the reference: identity "
+                     f"distance {_fmt(m['long_id_distance'])}, drift (last second minus first) {_fmt(m['long_id_drift'])}; "
+                     f"face sharpness ratio {_fmt(m['long_sharpness_ratio_first'])} in the first second, "
+                     f"{_fmt(m['long_sharpness_ratio_last'])} in the last; face ΔE {_fmt(m['long_delta_e_first'])} "
+                     f"then {_fmt(m['long_delta_e_last'])}.</p>")
+        parts.append(f"<p>{_img(long_image(lr.first, lr.last, data.strip_size), 'long render first and last second', 'image/jpeg')}</p>")
+        parts.append(f"<p>{_img(long_figure(lr.curve, SAME_PERSON), 'long render identity distance')}</p>")
 
     if data.prior_plot is not None and data.prior_plot.is_file():
         parts.append("<h2>Emotion prior embeddings</h2>")

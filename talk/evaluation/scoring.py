@@ -26,8 +26,9 @@ from talk.data.crops import clip_file
 from talk.evaluation import judges
 from talk.evaluation.clips import Clip, ClipInfo, RenderFn, conform, load_clip, neutral_clips, repeat_reference, select
 from talk.evaluation.config import Config
-from talk.evaluation.metrics import distribution, image, landmarks, sync
+from talk.evaluation.metrics import appearance, distribution, identity, image, landmarks, sync
 from talk.evaluation.metrics.face import FaceAnalyzer, FaceTrack
+from talk.evaluation.roundtrip import RoundTrip
 from talk.media import io as media
 from talk.models.emotions import EMOTIONS
 
@@ -54,7 +55,7 @@ def train_judge(cfg: Config, crops: Path, df: pd.DataFrame, analyser: FaceAnalyz
     clf = judges.EmotionClassifier(l2=cfg.judge_l2, max_iter=cfg.judge_max_iter).fit(x, y)
     train_acc = float((clf.predict_proba(x).argmax(1) == y).mean())
     info = {"frames": int(len(x)), "clips": int(len(rows)), "split": cfg.judge_split,
-            "train_frame_acc": train_acc, "train_loss": clf.train_loss, "classes": sorted(set(rows.emotion), key=EMOTIONS.index)}
+            "train_frame_acc": train_acc, "train_loss": clf.train_loss, "speakers": int(rows.speaker.nunique()), "classes": sorted(set(rows.emotion), key=EMOTIONS.index)}
     return clf, info
 
 
@@ -69,6 +70,40 @@ class RowScore:
     fer_frame_pred: np.ndarray  # (T,) FER's per-frame class
     closed: np.ndarray  # (T,) bool, closed-mouth frames
     extra_features: dict  # optional feature spaces' per-frame / per-clip features
+    opening: np.ndarray  # (T,) mouth opening (inner-lip gap / inter-ocular distance)
+    pause: np.ndarray  # (T,) bool, frames inside a silent stretch of the audio
+    speech: np.ndarray  # (T,) bool, frames at speech loudness
+
+
+@dataclasses.dataclass
+class Reference:
+    """The frame a clip is rendered from, analysed once for every row."""
+
+    frame: np.ndarray  # (H, W, 3) uint8
+    descriptor: np.ndarray  # (128,) dlib descriptor
+    landmarks: np.ndarray  # (68, 2) px
+    round_trip: np.ndarray | None  # (H, W, 3) uint8, its VAE round trip (None: no VAE artefact)
+
+    @property
+    def mask(self) -> np.ndarray:  # (H, W) bool, the face region
+        h, w = self.frame.shape[:2]
+        return appearance.face_masks(self.landmarks[None], h, w)[0]
+
+
+def appearance_metrics(frames: np.ndarray, track_: FaceTrack, ref: Reference) -> dict:
+    """Face sharpness ratio, pixel ΔE and mean-colour ΔE of ``frames`` against the reference's
+    VAE round trip (per-clip means; NaN without a VAE)."""
+    if ref.round_trip is None:
+        return {"sharpness_ratio": math.nan, "delta_e": math.nan, "colour_shift": math.nan}
+    h, w = frames.shape[1:3]
+    masks = appearance.face_masks(track_.landmarks, h, w)
+    ref_mask = ref.mask
+    de, shift = appearance.face_colour(frames, masks, ref.round_trip, ref_mask)
+    return {
+        "sharpness_ratio": float(np.nanmean(appearance.sharpness_ratio(frames, masks, ref.round_trip, ref_mask))),
+        "delta_e": float(np.nanmean(de)),
+        "colour_shift": float(np.nanmean(shift)),
+    }
 
 
 def load_extras(cfg: Config, weights: Path) -> dict:
@@ -96,9 +131,9 @@ class Scorer:
         self.extras = load_extras(cfg, weights)
 
     def score(self, clip: Clip, frames: np.ndarray, track_: FaceTrack, real_track: FaceTrack,
-              ref_descriptor: np.ndarray) -> RowScore:
+              ref: Reference) -> RowScore:
         """``frames`` (T, H, W, 3) with their face analysis ``track_``; ``real_track`` is the real
-        clip's, ``ref_descriptor`` (128,) the reference frame's dlib descriptor."""
+        clip's, ``ref`` the analysed reference frame."""
         cfg = self.cfg
         real = clip.frames
         size = real.shape[2]
@@ -113,9 +148,19 @@ class Scorer:
         curve = sync.lagged_correlation(opening, loud, cfg.sync_max_offset)
         m["sync_corr"] = float(curve[cfg.sync_max_offset])
         m["mouth_open_std"] = float(opening.std())
+        pause = sync.pauses(loud, cfg.pause_db, cfg.pause_min_frames, cfg.pause_trim)
+        speech = sync.speech(loud, cfg.pause_db)
+        m["pause_frames"] = int(pause.sum())
+        m["mouth_open_pause"] = float(opening[pause].mean()) if pause.any() else math.nan
+        m["mouth_open_speech"] = float(opening[speech].mean()) if speech.any() else math.nan
+        m["closed_in_pause"] = float((opening[pause] < cfg.closed_mouth_gap).mean()) if pause.any() else math.nan
 
         desc = track_.descriptors[track_.has_descriptor]
-        m["csim_dlib128"] = distribution.csim(desc, ref_descriptor)
+        m["csim_dlib128"] = distribution.csim(desc, ref.descriptor)
+        dist = identity.distances(track_.descriptors, ref.descriptor)  # (T,), NaN between strided frames
+        m["id_distance"] = float(np.nanmean(dist)) if track_.has_descriptor.any() else math.nan
+        m["id_drift"] = identity.drift(dist, cfg.drift_window)
+        m.update(appearance_metrics(frames, track_, ref))
 
         x = judges.classifier_features(frames, track_.boxes, track_.landmarks, cfg.judge_margin)
         p_clf = self.clf.predict_proba(x)  # (T, 8)
@@ -133,7 +178,7 @@ class Scorer:
         extra = {}
         for name, ext in self.extras.items():
             m.update(ext.clip_metrics(clip, frames, ref_frame=clip.ref, extra=extra))
-        return RowScore(m, curve, desc, p_clf.argmax(1), fer_pred, closed, extra)
+        return RowScore(m, curve, desc, p_clf.argmax(1), fer_pred, closed, extra, opening, pause, speech)
 
 
 @dataclasses.dataclass
@@ -147,13 +192,18 @@ class Scored:
     judge: dict  # the emotion classifier's training summary
     extras: dict  # the optional paper-style metrics that were loaded
     reference_fallbacks: int  # clips rendered from their own first frame for want of a neutral clip
+    vae: Path | None = None  # the VAE whose round trip of each reference the appearance metrics use (None: skipped)
+    long: object | None = None  # talk.evaluation.long_render.LongRender, when evaluate.long_render > 0
 
 
 def score_clips(cfg: Config, crops: Path, df: pd.DataFrame, chosen: pd.DataFrame, render_fn: RenderFn,
-                weights: Path) -> Scored:
+                weights: Path, vae: Path | None = None) -> Scored:
     """Train the judge on the real ``judge_split`` clips, then render each ``chosen`` clip with
-    ``render_fn`` (the model row) and the floor, and score them and the real clip."""
+    ``render_fn`` (the model row) and the floor, and score them and the real clip; ``vae``: the
+    VAE artefact whose round trip of each reference the appearance metrics compare with (None or
+    absent: those metrics are skipped). With ``cfg.long_render``, also the long render."""
     analyser = FaceAnalyzer(upsample=cfg.detect_upsample)
+    round_trip = RoundTrip(vae) if vae is not None and RoundTrip.available(vae) else None
     clf, judge_info = train_judge(cfg, crops, df, analyser)
     scorer = Scorer(cfg, clf, weights)
     renderers: dict[str, RenderFn] = {"model": render_fn, "floor": repeat_reference}
@@ -164,11 +214,15 @@ def score_clips(cfg: Config, crops: Path, df: pd.DataFrame, chosen: pd.DataFrame
     strips: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     neutral = neutral_clips(df, cfg.split)
     fallbacks = 0
+    references: dict[str, Reference] = {}  # speaker -> the reference of its first scored clip (the long render's)
     for row in track(list(chosen.itertuples()), "evaluate: render + score"):
         clip, fell_back = load_clip(crops, row, cfg.reference, cfg.max_frames, neutral)
         fallbacks += fell_back
         real_track = analyser.analyse(clip.frames, cfg.descriptor_stride)
-        ref_desc = analyser.analyse(clip.ref[None], 1).descriptors[0]  # (128,), cached when ref = frame 0
+        ref_track = analyser.analyse(clip.ref[None], 1)  # cached when ref = frame 0
+        ref = Reference(clip.ref, ref_track.descriptors[0], ref_track.landmarks[0],
+                        round_trip(clip.ref) if round_trip is not None else None)
+        references.setdefault(clip.speaker, ref)
         outputs = {"real": clip.frames}
         for name, fn in renderers.items():
             rendered = fn(clip.ref.copy(), clip.audio.copy(), clip.emotion, clip.level)
@@ -176,7 +230,7 @@ def score_clips(cfg: Config, crops: Path, df: pd.DataFrame, chosen: pd.DataFrame
         for name in ROWS:
             frames = outputs[name]
             tr = real_track if name == "real" else analyser.analyse(frames, cfg.descriptor_stride, fallback=real_track.boxes)
-            s = scorer.score(clip, frames, tr, real_track, ref_desc)
+            s = scorer.score(clip, frames, tr, real_track, ref)
             scores[name].append(s)
             per_clip.append({"row": name, "clip_id": clip.clip_id, "speaker": clip.speaker,
                              "emotion": clip.emotion, "level": clip.level, **s.metrics})
@@ -186,4 +240,13 @@ def score_clips(cfg: Config, crops: Path, df: pd.DataFrame, chosen: pd.DataFrame
             by_emotion[clip.emotion] = {name: outputs[name][idx] for name in ("model", "real")}
         clips.append(ClipInfo(clip.clip_id, clip.speaker, clip.emotion, clip.level, len(clip.frames)))
         analyser.clear_cache()
-    return Scored(clips, scores, per_clip, strips, judge_info, scorer.extras, fallbacks)
+    long = None
+    if cfg.long_render > 0:
+        from talk.evaluation import long_render
+
+        speaker = str(chosen.speaker.iloc[0])
+        rows = df[(df.split == cfg.split) & (df.speaker.astype(str) == speaker)]
+        long = long_render.render(cfg, crops, rows, references[speaker], render_fn, analyser)
+        analyser.clear_cache()
+    return Scored(clips, scores, per_clip, strips, judge_info, scorer.extras, fallbacks,
+                  vae if round_trip is not None else None, long)

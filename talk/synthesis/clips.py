@@ -3,15 +3,21 @@ real portraits and speech of the sources (docs/method.md §1 "Data": MEAD's 8 em
 frontal view).
 
 - ``SampleConfig``: params.yaml ``sample_data`` (what is generated and how).
-- ``plan``: one ``ClipJob`` per (speaker, emotion, level, utterance); neutral clips sit in
-  ``level_1`` only, as in MEAD, with as many clips as the other emotions have over all levels.
+- ``screen_portraits``: the dlib check of every portrait before it is warped
+  (talk/synthesis/rig.py ``portrait_problem``); a portrait with no face, several faces, a face too
+  small or an open mouth is dropped with its reason.
+- ``plan``: one ``ClipJob`` per (speaker, emotion, level, utterance). With
+  ``levels_per_identity`` each speaker gets that many of the levels per emotion, rotated over
+  speakers and emotions (every speaker has every emotion; the levels spread over the speakers);
+  neutral clips sit in ``level_1`` only, as in MEAD, with as many clips as each other emotion.
 - ``ClipMaker``: one clip. The portrait is warped over its dlib landmarks
   (talk/synthesis/expressions.py): the emotion's brows, lids, mouth corners, lips and jaw at the
   level's intensity; the mouth opening following the speech loudness frame by frame; blinks;
   small head motion. The speech is a real utterance re-spoken with the emotion's pitch, tempo and
   energy (talk/synthesis/prosody.py). Writes the 25 fps H.264 + AAC clip and its ground truth
   (``write_gt``: per frame ``frame, mouth_open, emotion, level, speaker, x0..x67, y0..y67``).
-- ``make_clips``: every job, in worker processes or inline; ``write_index``: one row per clip.
+- ``make_clips``: every job, in worker processes or inline; ``write_index``: one row per clip;
+  ``write_dropped``: one row per dropped portrait.
 
 Deterministic for a given seed: every clip draws from its own seed (seed, clip key), whatever the
 number of workers.
@@ -23,7 +29,7 @@ import csv
 import dataclasses
 import multiprocessing as mp
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +44,18 @@ from talk.synthesis import prosody
 from talk.synthesis import rig as R
 from talk.synthesis.sources import Source
 
-DEFAULT_IDENTITIES = ("W001", "M001", "M002", "W002", "W003", "W004")
-
-
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
     """params.yaml ``sample_data``: writes ``<paths.raw>/mead`` (and ``<paths.raw>/wild``)."""
 
     wild: bool = True  # also copy the real in-the-wild talking videos of the sources to <paths.raw>/wild (flat, HDTF-like)
-    identities: tuple[str, ...] = DEFAULT_IDENTITIES  # speaker ids of portraits in <sources>/MANIFEST.tsv; empty = all
+    identities: tuple[str, ...] = ()  # speaker ids of portraits in <sources>/MANIFEST.tsv; empty = all
+    min_face_iod: float = dataclasses.field(default=40.0, metadata=rng(8))  # px between the eyes in the photo; smaller faces are dropped (upscaled too far)
+    max_mouth_open: float = dataclasses.field(default=0.12, metadata=rng(0, 1))  # IOD, inner-lip gap of the photo; more open mouths are dropped (the neutral face must be closed)
     emotions: tuple[str, ...] = EMOTIONS  # emotions generated (models/emotions.py names)
     levels: tuple[int, ...] = dataclasses.field(default=LEVELS, metadata=rng(1, 3))  # intensity levels generated
-    utterances: int = dataclasses.field(default=2, metadata=rng(1))  # clips per (speaker, emotion, level) cell
+    levels_per_identity: int = dataclasses.field(default=1, metadata=rng(0, 3))  # levels per (speaker, emotion), rotated over speakers and emotions; 0 = all
+    utterances: int = dataclasses.field(default=1, metadata=rng(1))  # clips per (speaker, emotion, level) cell
     seconds: float = dataclasses.field(default=3.0, metadata=rng(0.4, 30))  # s, length of every clip
     size: int = dataclasses.field(default=256, metadata=rng(64, 1024))  # px, side of the square frames (even)
     face_scale: float = dataclasses.field(default=4.0, metadata=rng(2.5, 8))  # frame side / inter-ocular distance (IOD)
@@ -104,18 +110,59 @@ def clip_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
-def plan(cfg: SampleConfig, sources: list[Source], seed: int) -> list[ClipJob]:
-    """The clips to make: one job per (speaker, emotion, level, utterance)."""
-    portraits = {s.speaker: s for s in sources if s.kind == "portrait"}
-    speech = [s for s in sources if s.kind == "speech"]
+def identities(cfg: SampleConfig, sources: list[Source]) -> tuple[str, ...]:
+    """The speaker ids asked for (``cfg.identities``, else every portrait's), TalkError for unknown ones."""
+    portraits = {s.speaker for s in sources if s.kind == "portrait"}
     ids = cfg.identities or tuple(sorted(portraits))
     unknown = [i for i in ids if i not in portraits]
     if unknown:
         raise TalkError(f"sample_data.identities: no portrait for {', '.join(unknown)} (known: {', '.join(sorted(portraits))})")
+    return ids
+
+
+def _problem(args: tuple[Path, SampleConfig]) -> str:
+    import cv2
+
+    path, cfg = args
+    cv2.setNumThreads(1)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        return "not a readable image"
+    return R.portrait_problem(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), cfg.rig_spec(), cfg.min_face_iod, cfg.max_mouth_open)
+
+
+def screen_portraits(cfg: SampleConfig, sources: list[Source]) -> list[dict]:
+    """The portraits of the identities asked for that cannot be warped: one row each (file,
+    speaker, reason), in identity order; checked in ``cfg.workers`` processes."""
+    portraits = {s.speaker: s for s in sources if s.kind == "portrait"}
+    todo = [portraits[i] for i in identities(cfg, sources)]
+    args = [(s.file, cfg) for s in todo]
+    workers = min(cfg.workers, len(todo))
+    if workers <= 1:
+        reasons = [_problem(a) for a in args]
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            reasons = pool.map(_problem, args)
+    return [{"file": s.file.name, "speaker": s.speaker, "reason": r} for s, r in zip(todo, reasons) if r]
+
+
+def plan(cfg: SampleConfig, sources: list[Source], seed: int, dropped: Collection[str] = ()) -> list[ClipJob]:
+    """The clips to make: one job per (speaker, emotion, level, utterance), speakers in
+    ``dropped`` left out (their rotation slot kept, so the others' clips stay the same)."""
+    portraits = {s.speaker: s for s in sources if s.kind == "portrait"}
+    speech = [s for s in sources if s.kind == "speech"]
+    ids = identities(cfg, sources)
+    if not [i for i in ids if i not in dropped]:
+        raise TalkError(f"sample_data: no usable portrait left ({len(dropped)} dropped by the face check)")
     if not speech:
         raise TalkError("no speech recordings in the sources manifest (kind 'speech')")
+    n_levels = cfg.levels_per_identity or len(cfg.levels)
+    if n_levels > len(cfg.levels):
+        raise TalkError(f"sample_data.levels_per_identity: {n_levels} is more than the {len(cfg.levels)} levels generated")
     jobs = []
-    for speaker in ids:
+    for slot, speaker in enumerate(ids):
+        if speaker in dropped:
+            continue
         src = portraits[speaker]
         plain = [s for s in speech if not s.emotion]
         if cfg.voice_match and src.gender:
@@ -123,11 +170,12 @@ def plan(cfg: SampleConfig, sources: list[Source], seed: int) -> list[ClipJob]:
             if len(same) >= cfg.utterances:
                 plain = same
         voice = float(clip_rng(seed, f"voice/{speaker}").uniform(-cfg.voice_spread, cfg.voice_spread))
-        for emotion in cfg.emotions:
+        for e, emotion in enumerate(cfg.emotions):
             # acted emotional recordings join the pool of their own emotion only
             acted = [s for s in speech if s.emotion == emotion and (not cfg.voice_match or s.gender in (src.gender, ""))]
             pool = plain + acted
-            cells = [(1, cfg.utterances * len(cfg.levels))] if emotion == "neutral" else [(k, cfg.utterances) for k in cfg.levels]
+            levels = sorted(cfg.levels[(slot + e + t) % len(cfg.levels)] for t in range(n_levels))
+            cells = [(1, cfg.utterances * n_levels)] if emotion == "neutral" else [(k, cfg.utterances) for k in levels]
             for level, n in cells:
                 r = clip_rng(seed, f"pick/{speaker}/{emotion}/{level}")
                 order = r.permutation(len(pool))
@@ -284,7 +332,8 @@ def make_clips(jobs: list[ClipJob], cfg: SampleConfig, seed: int, out: Path, adv
         # spawn: workers start clean (no inherited torch / OpenMP state); each builds the
         # rigs it needs once. Jobs are grouped by speaker so a worker reuses its rigs.
         with mp.get_context("spawn").Pool(workers, _init, (cfg, seed)) as pool:
-            for row in pool.imap_unordered(_work, [(j, out) for j in jobs], chunksize=4):
+            per = max(1, len(jobs) // len({j.speaker for j in jobs}))  # one speaker per chunk: its rig built once
+            for row in pool.imap_unordered(_work, [(j, out) for j in jobs], chunksize=min(per, 16)):
                 rows.append(row)
                 advance()
     return sorted(rows, key=lambda r: r["path"])
@@ -294,5 +343,13 @@ def write_index(rows: list[dict], path: Path) -> None:
     """``index.csv``: one row per clip (source utterance, prosody, frames, mouth statistics)."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_dropped(rows: list[dict], path: Path) -> None:
+    """``dropped.tsv``: the portraits the face check dropped (file, speaker, reason); header only when none."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["file", "speaker", "reason"], delimiter="\t", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)

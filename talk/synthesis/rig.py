@@ -10,6 +10,8 @@ landmark motion it renders: talk/synthesis/expressions.py).
   a triangle-index image, one ``cv2.remap``, then the mouth cavity (dark interior, a hint of
   teeth, tongue) painted inside the inner lips.
 - ``rig_from_image``: detect the face of a portrait and build its rig.
+- ``portrait_problem``: why a portrait cannot be warped (no face, several faces, a face too small
+  or its mouth open, a face that does not fit the frame), or '' when it can.
 
 Coordinates are pixels ``(x, y)`` with y down.
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from talk.core.errors import TalkError
 from talk.media import landmarks as L
-from talk.synthesis.expressions import apply_affine, blink_offsets, mouth_offsets
+from talk.synthesis.expressions import apply_affine, blink_offsets, mouth_offsets, mouth_open
 
 # dlib 68-point indices (talk/media/landmarks.py) as index tuples, for loops and np.isin
 _POINTS = np.arange(L.N_POINTS)
@@ -317,3 +319,27 @@ def rig_from_image(rgb: np.ndarray, spec: RigSpec, name: str = "portrait") -> Fa
         return FaceRig(rgb, faces[0], spec, landmarker=lm)
     except TalkError as e:
         raise TalkError(f"{name}: {e}") from None
+
+
+def portrait_problem(rgb: np.ndarray, spec: RigSpec, min_iod: float, max_mouth_open: float) -> str:
+    """'' when the portrait has one face, big enough (inter-ocular distance >= ``min_iod`` px in
+    the photo) with the mouth closed (inner-lip gap <= ``max_mouth_open`` IOD), that fits the rig's
+    frame; else the reason, one line. Same detector settings as ``rig_from_image``."""
+    lm = landmarker()
+    faces = lm.detect(rgb, upsample=1)
+    if not faces:
+        return "no face found"
+    if len(faces) > 1:
+        return f"{len(faces)} faces found (a portrait shows one person)"
+    p = faces[0]
+    iod = float(L.interocular(p))
+    if iod < min_iod:
+        return f"face too small: {iod:.0f} px between the eyes < sample_data.min_face_iod {min_iod:g}"
+    gap = float(mouth_open(p))
+    if gap > max_mouth_open:
+        return f"mouth open: inner-lip gap {gap:.2f} IOD > sample_data.max_mouth_open {max_mouth_open:g}"
+    try:
+        FaceRig(rgb, p, spec, landmarker=lm)
+    except TalkError as e:
+        return str(e)
+    return ""

@@ -3,7 +3,10 @@ videos listed with their origin and licence in ``<sources>/MANIFEST.tsv`` (see d
 
 ``read_sources`` lists them for the sample-clip plan (talk/synthesis/clips.py); ``copy_wild`` and
 ``write_attribution`` put the in-the-wild videos and the rows of the files used beside the
-sample dataset (docs/method.md §1 "Data").
+sample dataset (docs/method.md §1 "Data"). A wild video whose manifest row names a speaker (a
+person who is also a portrait) gets that speaker in ``labels.csv`` beside the videos, which
+discover reads (``discover.labels_csv``), so the speaker-disjoint split keeps the person on one
+side. Rows of kind ``heldout_portrait`` (``<sources>/heldout/``) are read by no stage.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from talk.core.errors import TalkError
 
 PORTRAIT_KINDS = ("portrait", "speech")  # the sources of the generated MEAD-like clips
 WILD_KINDS = ("wild_video", "wild_audio")  # the real talking videos, copied as they are
+HELDOUT_KIND = "heldout_portrait"  # real portraits no stage reads (benchmarks/vae_quality.py's unseen faces)
+WILD_LABELS = "labels.csv"  # written beside the wild videos: path, speaker (discover.labels_csv's default name)
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     file: Path
-    kind: str  # portrait | speech | wild_video | wild_audio
+    kind: str  # portrait | speech | wild_video | wild_audio | heldout_portrait
     speaker: str
     gender: str  # M | F | '' (unknown)
     emotion: str  # acted emotion of a speech file, '' when unlabelled
@@ -49,13 +54,20 @@ def read_sources(root: Path) -> list[Source]:
 
 
 def copy_wild(sources: list[Source], out: Path) -> int:
-    """Copy the in-the-wild videos and their same-stem audio files into ``out`` (flat); returns the
-    number of videos."""
-    n = 0
+    """Copy the in-the-wild videos and their same-stem audio files into ``out`` (flat), with
+    ``labels.csv`` for the videos whose row names a speaker; returns the number of videos."""
+    n, labels = 0, []
     for s in sources:
         if s.kind in WILD_KINDS:
             shutil.copyfile(s.file, out / s.file.name)
             n += s.kind == "wild_video"
+            if s.kind == "wild_video" and s.speaker:
+                labels.append((s.file.name, s.speaker))
+    if labels:
+        with open(out / WILD_LABELS, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["path", "speaker"])
+            w.writerows(sorted(labels))
     return n
 
 

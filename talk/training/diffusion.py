@@ -156,7 +156,7 @@ class Objective:
         cond = self.conditions(batch, g, device)
         out = training_loss(model, self.schedule, x0, noise, t, cond, self.cfg.min_snr_gamma)
         loss = out.loss + self.cfg.vq_weight * out.vq_loss
-        return StepResult(loss, {"loss": out.loss.item(), "vq_loss": out.vq_loss.item()})
+        return StepResult(loss, {"loss": out.loss.detach(), "vq_loss": out.vq_loss.detach()})  # read back by the trainer
 
 
 def t_bins(num_timesteps: int, bins: int = T_BINS) -> list[tuple[int, int]]:

@@ -8,7 +8,11 @@ float32 audio. Feature spaces are named in the metric names (``fid_dlib128``): t
 - ``face``: dlib HOG detection, 68 landmarks, 128-d descriptors for every frame of a clip.
 - ``distribution``: Fréchet distance, clip-level features (FID / FVD style), CSIM.
 - ``landmarks``: M-LMD / F-LMD.
-- ``sync``: mouth opening vs loudness correlation and best offset (lip sync without SyncNet).
+- ``sync``: mouth opening vs loudness correlation and best offset (lip sync without SyncNet), and
+  the silent stretches of the audio (mouth closed in pauses).
+- ``identity``: dlib-128 descriptor distance to the reference and its drift over a clip.
+- ``appearance``: face sharpness (Laplacian variance) and CIELAB ΔE / colour shift over the face
+  region, against a reference image (evaluate: the reference crop's VAE round trip).
 - ``external``: paper-style metrics from user-supplied weights: SyncNet Sync-C / Sync-D,
   Inception FID, ArcFace CSIM.
 """

@@ -8,7 +8,9 @@
   (frames, positive = the mouth lags the sound) of the highest correlation within +-N frames.
 
 A frozen mouth (the floor baseline repeating its reference frame) has no variance: its
-correlation is defined as 0. SyncNet Sync-C / Sync-D live in ``talk.evaluation.metrics.external``.
+correlation is defined as 0. ``pauses`` finds the silent stretches of the audio, where a real
+speaker's mouth is closed: a renderer whose mouth keeps moving in them is not lip-syncing even if
+its correlation is high. SyncNet Sync-C / Sync-D live in ``talk.evaluation.metrics.external``.
 """
 
 from __future__ import annotations
@@ -71,3 +73,35 @@ def best_offset(curve: np.ndarray) -> int:
     """Offset (frames) of the maximum of a ``lagged_correlation`` curve."""
     max_offset = (len(curve) - 1) // 2
     return int(np.argmax(curve)) - max_offset
+
+
+SPEECH_LEVEL_PERCENTILE = 95  # the clip's speech level: this percentile of its per-frame loudness
+
+
+def pauses(loud: np.ndarray, pause_db: float, min_frames: int, trim: int) -> np.ndarray:
+    """(T,) bool: frames inside a pause of the loudness series ``loud`` (dB, ``loudness``).
+
+    A frame is quiet at ``pause_db`` below the clip's speech level (its 95th-percentile loudness)
+    or at the loudness floor; a pause is a run of at least ``min_frames`` quiet frames, less
+    ``trim`` frames at each end (the mouth closes after the sound stops and opens before it starts).
+    """
+    loud = np.asarray(loud, np.float64)
+    if len(loud) == 0:
+        return np.zeros(0, bool)
+    level = np.percentile(loud, SPEECH_LEVEL_PERCENTILE)
+    quiet = (loud <= level - pause_db) | (loud <= LOUDNESS_FLOOR_DB)
+    out = np.zeros(len(loud), bool)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+    for start, stop in zip(edges[::2], edges[1::2]):  # runs [start, stop) of quiet frames
+        if stop - start >= min_frames:
+            out[start + trim: max(start + trim, stop - trim)] = True
+    return out
+
+
+def speech(loud: np.ndarray, pause_db: float) -> np.ndarray:
+    """(T,) bool: frames within ``pause_db`` of the clip's speech level (the complement of quiet)."""
+    loud = np.asarray(loud, np.float64)
+    if len(loud) == 0:
+        return np.zeros(0, bool)
+    level = np.percentile(loud, SPEECH_LEVEL_PERCENTILE)
+    return (loud > level - pause_db) & (loud > LOUDNESS_FLOOR_DB)
