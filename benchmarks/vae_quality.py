@@ -36,7 +36,8 @@ sys.path[:0] = [str(ROOT)]
 
 TARGETS = {"psnr": (">=", 27.0), "ssim": (">=", 0.88), "delta_e": ("<=", 3.0), "sharpness": (">=", 0.6),
            "identity": ("<=", 0.35)}
-BASELINE = ["model.vae.kind=kl", "model.vae.latent_channels=4", "fit_vae.colour=0.0", "fit_vae.spectrum=0.0"]
+BASELINE = ["model.vae.kind=kl", "model.vae.latent_channels=4", "fit_vae.colour=0.0", "fit_vae.spectrum=0.0",
+            "fit_vae.loop.lr=0.002"]  # the old default: 16x16x4 AutoencoderKL, L1 + edge loss
 PER_SET = 48  # frames scored per set
 
 

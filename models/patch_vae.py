@@ -72,7 +72,7 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         refine_width: int = 32,
         refine_features: int = 4,
         norm_num_groups: int = 8,
-        logvar_init: float = -6.0,
+        logvar_init: float = -9.0,
         sample_size: int = 128,
         scaling_factor: float = 1.0,
     ):
