@@ -17,11 +17,20 @@ import torch.nn.functional as F
 
 from talk.models.vae_config import OWN, VaeConfig
 
-__all__ = ["OWN", "VaeConfig", "LossWeights", "build_vae", "vae_loss", "gradient_loss", "kl_loss"]
+__all__ = ["OWN", "VaeConfig", "LossWeights", "build_vae", "vae_loss", "gradient_loss", "spectrum_loss", "kl_loss"]
 
 
 def build_vae(cfg: VaeConfig, image_size: int):
-    """A fresh ``diffusers.AutoencoderKL`` for ``source: own`` (DownEncoder/UpDecoder blocks)."""
+    """A fresh autoencoder for ``source: own``: a PatchAutoencoder (``kind: patch``, whose linear
+    path ``fit_pca`` then sets from data) or a ``diffusers.AutoencoderKL`` (``kind: kl``)."""
+    if cfg.kind == "patch":
+        from talk.models.patch_vae import PatchAutoencoder
+
+        return PatchAutoencoder(
+            patch_size=cfg.patch_size, latent_channels=cfg.latent_channels, width=cfg.width,
+            encoder_blocks=cfg.encoder_blocks, decoder_blocks=cfg.decoder_blocks, refine_width=cfg.refine_width,
+            norm_num_groups=cfg.norm_num_groups, sample_size=image_size, scaling_factor=1.0,
+        )
     from diffusers import AutoencoderKL
 
     n = len(cfg.block_out_channels)
@@ -52,6 +61,15 @@ def gradient_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
+def spectrum_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L1 between log-amplitude spectra (2-D FFT per channel): penalises the loss of fine detail
+    that pixel losses average away (a frequency loss in the spirit of Jiang et al. 2021's focal
+    frequency loss, without its adaptive weights)."""
+    fx = torch.fft.rfft2(x.float(), norm="ortho").abs()
+    fy = torch.fft.rfft2(y.float(), norm="ortho").abs()
+    return (torch.log1p(fx) - torch.log1p(fy)).abs().mean()
+
+
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)) per latent element, averaged (Kingma & Welling 2014, App. B)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
@@ -62,6 +80,7 @@ class LossWeights:
     l1: float = 1.0  # weight of |x - x^|
     l2: float = 0.0  # weight of (x - x^)^2
     gradient: float = 0.5  # weight of the finite-difference L1 (gradient_loss)
+    spectrum: float = 0.0  # weight of the log-amplitude spectrum L1 (spectrum_loss)
     kl: float = 1e-6  # weight of the per-element KL to N(0, I)
 
 
@@ -76,7 +95,9 @@ def vae_loss(
         "l1": F.l1_loss(x_hat, x),
         "l2": F.mse_loss(x_hat, x),
         "gradient": gradient_loss(x_hat, x),
+        "spectrum": spectrum_loss(x_hat, x) if w.spectrum else x.new_zeros(()),
         "kl": kl_loss(posterior.mean, posterior.logvar),
     }
-    loss = w.l1 * parts["l1"] + w.l2 * parts["l2"] + w.gradient * parts["gradient"] + w.kl * parts["kl"]
+    loss = (w.l1 * parts["l1"] + w.l2 * parts["l2"] + w.gradient * parts["gradient"]
+            + w.spectrum * parts["spectrum"] + w.kl * parts["kl"])
     return loss, {k: float(v.detach()) for k, v in parts.items()}

@@ -48,13 +48,15 @@ def run(params, render_fn: RenderFn | None = None) -> dict:
         log.info("evaluate: no prior embedding plot at %s; the report leaves it out", prior_plot)
         prior_plot = None
 
+    vae_strip = params.paths.vae / "roundtrip.png"
+    vae_strip = vae_strip if vae_strip.is_file() else None
     scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights, params.paths.vae)
     rows = results.aggregate(scored.clips, scored.scores, scored.extras, scored.long)
     notes = results.notes(cfg, df, scored, rows)
     for f in notes["findings"]:
         log.warning("evaluate finding: %s", f)
     with atomic_dir(params.paths.evaluate) as tmp:
-        results.write(tmp, cfg, scored, rows, notes, prior_plot)
+        results.write(tmp, cfg, scored, rows, notes, prior_plot, vae_strip)
         params.write_resolved(tmp / "params.yaml", ["base", "paths", "model", "evaluate", "render"])
     report.print_summary(rows, results.METRICS)
     return rows

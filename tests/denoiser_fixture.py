@@ -166,7 +166,7 @@ def make_pipeline_inputs(root: Path) -> Path:
     crops, feats, vae_dir, cache, prior_dir = (root / n for n in ("crops", "audio_features", "vae", "latents.lmdb", "prior"))
     for d in (crops, feats, prior_dir):
         d.mkdir(parents=True, exist_ok=True)
-    vae_cfg = VaeConfig(block_out_channels=(8, 8), latent_channels=C, norm_num_groups=4)
+    vae_cfg = VaeConfig(kind="kl", block_out_channels=(8, 8), latent_channels=C, norm_num_groups=4)
     torch.manual_seed(0)
     save_vae(build_vae(vae_cfg, 16), vae_dir)
     identity = vae_identity(vae_dir)

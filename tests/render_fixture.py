@@ -46,6 +46,7 @@ class Sizes:
     denoiser: object = None  # models.denoiser_config.DenoiserConfig
     conditioning: object = None  # models.denoiser_config.ConditioningConfig
     diffusion: object = None  # models.denoiser_config.DiffusionConfig
+    vae: object = None  # models.vae_config.VaeConfig (default profile); None = a tiny AutoencoderKL of vae_channels
 
 
 def default_profile(params) -> Sizes:
@@ -63,6 +64,7 @@ def default_profile(params) -> Sizes:
         audio_window=m.audio_window, whisper_layers=m.prior.audio_layers - 1, whisper_width=m.prior.audio_dim,
         emb_dim=m.prior.emb_dim, backbone=den.backbone, style_tokens=cond.style_tokens,
         prior=dataclasses.replace(m.prior, heads=heads), bank=m.bank, denoiser=den, conditioning=cond, diffusion=diff,
+        vae=m.vae,
     )
 
 
@@ -84,8 +86,9 @@ def write_vae(folder: Path, s: Sizes, scaling_factor: float = 0.8) -> Path:
     from talk.models.vae import VaeConfig, build_vae
 
     torch.manual_seed(1)
-    vae = build_vae(VaeConfig(block_out_channels=s.vae_channels, latent_channels=s.latent_channels,
-                              norm_num_groups=s.vae_groups), s.image_size)
+    cfg = s.vae or VaeConfig(kind="kl", block_out_channels=s.vae_channels, latent_channels=s.latent_channels,
+                             norm_num_groups=s.vae_groups)
+    vae = build_vae(cfg, s.image_size)
     vae.register_to_config(scaling_factor=scaling_factor)
     save_vae(vae, folder)
     return folder
@@ -142,7 +145,7 @@ def denoiser_spec(s: Sizes):
     from talk.models.denoiser_config import ConditioningConfig, DenoiserConfig, DiffusionConfig
 
     _, bank = prior_configs(s)
-    latent = s.image_size // 2 ** (len(s.vae_channels) - 1)
+    latent = s.image_size // (s.vae.downsampling() if s.vae is not None else 2 ** (len(s.vae_channels) - 1))
     den = s.denoiser or DenoiserConfig(backbone=s.backbone, block_out_channels=s.unet_channels,
                                        attention_levels=s.attention_levels, attention_head_dim=s.attention_head_dim,
                                        cross_attention_dim=s.cross_attention_dim, norm_num_groups=s.unet_groups)

@@ -37,8 +37,11 @@ def overrides(root: Path, **extra: object) -> list[str]:
     sets = {
         "base.threads": 1,
         "model.image_size": SIZE,
-        "model.vae.block_out_channels": "[8, 16]",
+        "model.vae.patch_size": 2,  # the shipped PatchAutoencoder, at 32 px -> a 16x16 latent
+        "model.vae.width": 16,
+        "model.vae.latent_channels": 4,
         "model.vae.norm_num_groups": 8,
+        "fit_vae.pca_patches": 64,
         "paths.crops": root / "crops",
         "paths.vae": root / "vae",
         "paths.latents": root / "latents.lmdb",
@@ -46,6 +49,7 @@ def overrides(root: Path, **extra: object) -> list[str]:
         "fit_vae.val_frames": 8,
         "fit_vae.scale_frames": 24,
         "fit_vae.loop.steps": 60,
+        "fit_vae.loop.lr": 0.002,
         "fit_vae.loop.batch_size": 4,
         "fit_vae.patch": 16,
         "fit_vae.loop.warmup_steps": 5,
@@ -92,14 +96,14 @@ def test_vae_factory_shapes_and_gradients():
     from talk.models.vae import LossWeights, VaeConfig, build_vae, vae_loss
 
     torch.manual_seed(0)
-    vae = build_vae(VaeConfig(block_out_channels=(8, 16, 16), norm_num_groups=8, latent_channels=4), 32)
+    vae = build_vae(VaeConfig(kind="kl", block_out_channels=(8, 16, 16), norm_num_groups=8, latent_channels=4), 32)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     post = vae.encode(x).latent_dist
     assert post.mean.shape == (2, 4, 8, 8)
     assert vae.decode(post.mean).sample.shape == (2, 3, 32, 32)
     loss, parts = vae_loss(vae, x, LossWeights())
     loss.backward()
-    assert set(parts) == {"l1", "l2", "gradient", "kl"}
+    assert set(parts) == {"l1", "l2", "gradient", "spectrum", "kl"}
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.parameters() if p.requires_grad)
 
 
@@ -125,7 +129,7 @@ def test_fit_vae_writes_a_loadable_vae_and_metrics(fitted):
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "metrics.json", "loss.tsv", "params.yaml"):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
-    assert m["loss_last"] < 0.7 * m["loss_first"]  # training lowered the loss
+    assert m["loss_last"] < 0.98 * m["loss_first"]  # training lowered the loss (from the PCA start, already low)
     assert m["val_psnr"] > 12 and 0 < m["val_ssim"] <= 1  # a fresh VAE gives ~8 dB
     assert m["latent_shape"] == [4, 16, 16]
     vae, scaling, identity = load_vae(out)
@@ -171,7 +175,7 @@ def test_fit_vae_with_a_pretrained_folder_measures_without_training(fitted, tmp_
     root, *_ = fitted
     torch.manual_seed(1)
     src = tmp_path / "sd" / "vae"  # the layout of a pipeline folder: <root>/vae/
-    build_vae(VaeConfig(block_out_channels=(8, 16, 16), norm_num_groups=8), SIZE).save_pretrained(str(src))
+    build_vae(VaeConfig(kind="kl", block_out_channels=(8, 16, 16), norm_num_groups=8, latent_channels=4), SIZE).save_pretrained(str(src))
     params = load_params(root, **{"model.vae.source": tmp_path / "sd", "paths.vae": tmp_path / "vae"})
     comps = [c for c in weights.components(params) if "VAE" in c.name]
     assert len(comps) == 1 and comps[0].path == src

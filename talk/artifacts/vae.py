@@ -58,6 +58,27 @@ def vae_identity(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def vae_factor(vae) -> int:
+    """Image px per latent px of a loaded VAE (a PatchAutoencoder or a diffusers AutoencoderKL)."""
+    cfg = vae.config
+    if "patch_size" in cfg:
+        return int(cfg.patch_size)
+    return 2 ** (len(cfg.block_out_channels) - 1)
+
+
+def vae_class(name: str | None):
+    """The model class of a saved VAE's ``_class_name`` (None for an unknown one)."""
+    if name == "AutoencoderKL":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL
+    if name == "PatchAutoencoder":
+        from talk.models.patch_vae import PatchAutoencoder
+
+        return PatchAutoencoder
+    return None
+
+
 def save_vae(vae, path: Path) -> None:
     """diffusers folder: config.json (architecture + scaling_factor) + safetensors weights."""
     vae.save_pretrained(str(path), safe_serialization=True)
@@ -65,24 +86,24 @@ def save_vae(vae, path: Path) -> None:
 
 
 def load_vae(path: Path | str, device: Any = "cpu"):
-    """-> (AutoencoderKL in eval mode, scaling_factor, identity) from a folder saved by fit_vae.
+    """-> (VAE in eval mode, scaling_factor, identity) from a folder saved by fit_vae.
 
     Built from its config.json and loaded strictly from its weights (a damaged file is one
     TalkError); the global RNG is left as it was (the random init is thrown away)."""
     import torch
-    from diffusers import AutoencoderKL
 
     path = Path(path)
     identity = vae_identity(path)
     config = read_json(path / CONFIG, STAGE)
-    if config.get("_class_name") != "AutoencoderKL":
-        raise TalkError(f"{path / CONFIG}: not a diffusers AutoencoderKL config; rebuild it with `talk {STAGE}`")
+    cls = vae_class(config.get("_class_name"))
+    if cls is None:
+        raise TalkError(f"{path / CONFIG}: not a VAE config (AutoencoderKL or PatchAutoencoder); rebuild it with `talk {STAGE}`")
     state = load_safetensors(path / WEIGHTS, STAGE)
     with torch.random.fork_rng(devices=[]):
         try:
-            vae = AutoencoderKL.from_config(config)
+            vae = cls.from_config(config)
         except (TypeError, ValueError) as e:
-            raise TalkError(f"{path / CONFIG}: not a buildable AutoencoderKL config ({e}); "
+            raise TalkError(f"{path / CONFIG}: not a buildable {cls.__name__} config ({e}); "
                             f"rebuild it with `talk {STAGE}`") from None
     load_state(vae, state, path / WEIGHTS, STAGE, path / CONFIG)
     vae = vae.to(device).eval().requires_grad_(False)

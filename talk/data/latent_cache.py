@@ -420,14 +420,14 @@ def update(out: Path, crops: Path, vae_path: Path, size: int, device, batch_size
     import math
     import time
 
-    from talk.artifacts.vae import load_vae
+    from talk.artifacts.vae import load_vae, vae_factor
     from talk.core.runtime import progress
     from talk.data.crops import clip_file, read_manifest
 
     df = read_manifest(crops)
     expected = {c: int(n) for c, n in zip(df["clip_id"], df["n_frames"])}
     vae, scaling, identity = load_vae(vae_path, device)
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    down = vae_factor(vae)
     if size % down:
         raise TalkError(f"model.image_size {size} is not a multiple of the VAE's downsampling {down}")
     shape = (int(vae.config.latent_channels), size // down, size // down)  # (C, h, w)

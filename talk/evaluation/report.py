@@ -178,6 +178,7 @@ class ReportData:
     strips: dict  # speaker -> emotion -> row -> (K, H, W, 3) uint8
     plots: dict[str, bytes]  # name -> PNG
     prior_plot: Path | None = None
+    vae_strip: Path | None = None  # fit_vae's roundtrip.png (held-out frames above their round trip)
     strip_size: int = 96
     long: object | None = None  # talk.evaluation.long_render.LongRender
     title: str = "talk: evaluation report"
@@ -296,6 +297,11 @@ def write_html(path: Path, data: ReportData) -> None:
     for speaker in sorted(data.strips):
         jpg = strip_image(data.strips[speaker], data.strip_size)
         parts.append(f"<h3>{html.escape(speaker)}</h3><p>{_img(jpg, f'strips {speaker}', 'image/jpeg')}</p>")
+
+    if data.vae_strip is not None and data.vae_strip.is_file():
+        parts.append("<h2>VAE round trip</h2><p>Held-out val frames (top) and their encode &rarr; decode through "
+                     "the VAE (bottom): the ceiling of every render (fit_vae's metrics.json has the figures).</p>")
+        parts.append(f"<p>{_img(data.vae_strip.read_bytes(), 'VAE round trip')}</p>")
 
     if data.long is not None:
         from talk.evaluation.metrics.identity import SAME_PERSON

@@ -289,9 +289,11 @@ def json_safe(obj):
     return obj
 
 
-def write(folder: Path, cfg: Config, scored: Scored, rows: dict, notes: dict, prior_plot: Path | None) -> None:
+def write(folder: Path, cfg: Config, scored: Scored, rows: dict, notes: dict, prior_plot: Path | None,
+          vae_strip: Path | None = None) -> None:
     """metrics.json, notes.json, per_clip.csv, plots/ and report.html into ``folder``;
-    ``prior_plot``: the prior's embedding plot shown in the report (None = left out)."""
+    ``prior_plot`` / ``vae_strip``: the prior's embedding plot and the VAE's round-trip strip shown
+    in the report (None = left out)."""
     table = pd.DataFrame(scored.per_clip)
     (folder / "metrics.json").write_text(json.dumps(json_safe(rows), indent=2) + "\n")
     (folder / "notes.json").write_text(json.dumps(json_safe(notes), indent=2) + "\n")
@@ -299,7 +301,7 @@ def write(folder: Path, cfg: Config, scored: Scored, rows: dict, notes: dict, pr
     plots = report.write_plots(folder / "plots", scored.clips, scored.scores, cfg.sync_max_offset)
     report.write_html(folder / "report.html", report.ReportData(
         rows=rows, metrics=METRICS, notes=notes, per_clip=table, strips=scored.strips, plots=plots,
-        prior_plot=prior_plot, strip_size=cfg.strip_size, long=scored.long))
+        prior_plot=prior_plot, vae_strip=vae_strip, strip_size=cfg.strip_size, long=scored.long))
     if scored.long is not None:
         pd.DataFrame(scored.long.curve, columns=["seconds", "id_distance"]).to_csv(
             folder / "plots" / "long_identity.csv", index=False, float_format="%.6g")

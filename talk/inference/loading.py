@@ -87,8 +87,10 @@ def load_models(vae: Path, prior: Path, denoiser: Path, device, stage: str = "fi
 
 
 def vae_factor(vae) -> int:
-    """Image px per latent px of a diffusers AutoencoderKL."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    """Image px per latent px of the VAE."""
+    from talk.artifacts.vae import vae_factor as factor
+
+    return factor(vae)
 
 
 def check_shapes(spec, vae, prior, whisper) -> None:

@@ -28,9 +28,10 @@ from talk.core import runtime
 from talk.core.errors import TalkError
 from talk.core.params import rng, to_plain
 from talk.data.crops import clip_file, read_frames, read_manifest
+from talk.media.io import encode_image
 from talk.training.trainer import LoopConfig, StepResult, Trainer, export_dir, loop_field, merged_history
 
-CURVE = ("step", "lr", "loss", "l1", "l2", "gradient", "kl")  # columns of loss.tsv
+CURVE = ("step", "lr", "loss", "l1", "l2", "gradient", "spectrum", "kl")  # columns of loss.tsv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +46,13 @@ class FitVaeConfig:
     l1: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the L1 reconstruction loss
     l2: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # weight of the L2 reconstruction loss
     gradient: float = dataclasses.field(default=0.5, metadata=rng(0.0))  # weight of the finite-difference (edge) L1 loss
+    spectrum: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the log-amplitude spectrum L1 loss (fine detail)
+    colour: float = dataclasses.field(default=1.0, metadata=rng(0.0, 1.0))  # fraction of training patches given a random hue / saturation / contrast
+    pca_patches: int = dataclasses.field(default=2048, metadata=rng(1))  # (patch kind) training patches whose block statistics set the PCA path
     kl: float = dataclasses.field(default=1e-6, metadata=rng(0.0))  # weight of the per-element KL to N(0, I)
     flip: bool = True  # random horizontal flips of training patches
     eval_batch: int = dataclasses.field(default=32, metadata=rng(1))  # frames per encode / decode batch when measuring
-    loop: LoopConfig = loop_field(steps=800, batch_size=8, lr=2e-3, weight_decay=0.0, warmup_steps=20,
+    loop: LoopConfig = loop_field(steps=150, batch_size=8, lr=2e-4, weight_decay=0.0, warmup_steps=20,
                                   lr_schedule="cosine", grad_clip=0.0, ema_decay=0.0, checkpoint_every=200,
                                   keep_checkpoints=2, log_every=25, workers=0)  # optimisation of the own VAE (a pretrained source is not trained)
 
@@ -109,12 +113,26 @@ def read_data(crops: Path, cfg: FitVaeConfig, size: int, seed: int) -> tuple[np.
 # Training
 
 
-class Patches:
-    """Random square patches of frames, one per index (frame, position, flip seeded by (seed, index))."""
+def colour_transform(g: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random affine colour map (3x3 matrix, offset) on RGB in [-1, 1]: hue rotated by any angle
+    in the YIQ chroma plane, saturation x0.35..2.8, contrast x0.6..1.6, brightness +-0.2. Training
+    a codec on such colours keeps the ones the training faces never show (a saturated flag, a
+    blue background)."""
+    yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    a = g.uniform(-np.pi, np.pi)
+    sat, con = np.exp(g.uniform(-1.05, 1.05)), np.exp(g.uniform(-0.5, 0.5))
+    rot = np.array([[1, 0, 0], [0, sat * np.cos(a), -sat * np.sin(a)], [0, sat * np.sin(a), sat * np.cos(a)]])
+    m = con * np.linalg.inv(yiq) @ rot @ yiq
+    return m.astype(np.float32), np.full(3, g.uniform(-0.2, 0.2), np.float32)
 
-    def __init__(self, frames: np.ndarray, patch: int, flip: bool, seed: int):
+
+class Patches:
+    """Random square patches of frames, one per index (frame, position, flip, colour seeded by
+    (seed, index))."""
+
+    def __init__(self, frames: np.ndarray, patch: int, flip: bool, seed: int, colour: float = 0.0):
         size = frames.shape[1]
-        self.frames, self.flip, self.seed = frames, flip, seed
+        self.frames, self.flip, self.seed, self.colour = frames, flip, seed, colour
         self.patch = size if patch == 0 else min(patch, size)
 
     def __len__(self) -> int:
@@ -130,8 +148,11 @@ class Patches:
         x = self.frames[f, i : i + p, j : j + p]  # (p, p, 3) uint8
         if self.flip and g.random() < 0.5:
             x = x[:, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float() / 127.5 - 1  # (3, p, p) in [-1, 1]
-        return {"x": x}
+        x = np.ascontiguousarray(x).astype(np.float32) / 127.5 - 1  # (p, p, 3) in [-1, 1]
+        if self.colour and g.random() < self.colour:
+            m, b = colour_transform(g)
+            x = np.clip(x @ m.T + b, -1, 1)
+        return {"x": torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)}  # (3, p, p)
 
 
 def _loss_module(vae, cfg: FitVaeConfig):
@@ -144,7 +165,7 @@ def _loss_module(vae, cfg: FitVaeConfig):
         def __init__(self):
             super().__init__()
             self.vae = vae
-            self.weights = LossWeights(l1=cfg.l1, l2=cfg.l2, gradient=cfg.gradient, kl=cfg.kl)
+            self.weights = LossWeights(l1=cfg.l1, l2=cfg.l2, gradient=cfg.gradient, spectrum=cfg.spectrum, kl=cfg.kl)
 
         def forward(self, x, generator):
             return vae_loss(self.vae, x, self.weights, generator=generator)
@@ -167,9 +188,16 @@ def train(vae, frames: np.ndarray, cfg: FitVaeConfig, run_config: dict, checkpoi
     """Optimise ``vae`` on random patches of ``frames`` (N, S, S, 3) uint8, resuming from
     ``checkpoints``; returns (trained VAE in eval mode, loss curve rows, trainer)."""
     stage = {k: v for k, v in to_plain(cfg).items() if k not in ("loop", "val_frames", "scale_frames", "eval_batch")}
+    patches = Patches(frames, cfg.patch, cfg.flip, seed, cfg.colour)
+    if hasattr(vae, "fit_pca"):  # the PatchAutoencoder's linear path, from (augmented) training patches
+        import torch
+
+        from talk.models.patch_vae import block_statistics
+
+        x = torch.stack([patches[i]["x"] for i in range(cfg.pca_patches)])  # same seeds as training's first steps
+        vae.fit_pca(*block_statistics(x, vae.config.patch_size))
     trainer = Trainer(cfg.loop, _loss_module(vae, cfg), checkpoints, {"stage": stage, **run_config, "data": data_hash(frames)},
                       seed, device, name="vae", stage="fit-vae")
-    patches = Patches(frames, cfg.patch, cfg.flip, seed)
     trainer.fit(trainer.batches(patches, lambda start: itertools.count(start)), _objective, description="fit_vae")
     curve = [row for row in merged_history(trainer.history) if "loss" in row]
     vae = trainer.final_model.vae.eval()
@@ -193,14 +221,41 @@ def measure_scaling(vae, frames: np.ndarray, chunk: int) -> tuple[float, dict[st
     }
 
 
-def reconstruction_metrics(vae, frames: np.ndarray, chunk: int) -> dict[str, float]:
-    """PSNR (dB) and SSIM of uint8 frames (N, H, W, 3) decoded from their posterior mean, averaged
-    over frames (talk/evaluation/metrics/image.py, the figures evaluate reports)."""
+def round_trip(vae, frames: np.ndarray, chunk: int) -> np.ndarray:
+    """uint8 frames (N, H, W, 3) decoded from their posterior mean."""
+    mean, _ = encode_frames(vae, frames, chunk)
+    return decode_latents(vae, mean, chunk, scaling_factor=1.0)
+
+
+def round_trip_strip(vae, frames: np.ndarray, chunk: int, n: int = 8) -> np.ndarray:
+    """(2 S, n S, 3) uint8: ``n`` evenly spaced frames above their round trip."""
+    pick = frames[np.linspace(0, len(frames) - 1, min(n, len(frames))).astype(int)]
+    rec = round_trip(vae, pick, chunk)
+    return np.concatenate([np.concatenate(list(pick), 1), np.concatenate(list(rec), 1)], 0)
+
+
+def reconstruction_metrics(vae, frames: np.ndarray, chunk: int, identity: bool = True) -> dict[str, float]:
+    """How much of the face the round trip keeps, averaged over frames (N, H, W, 3) uint8: PSNR
+    (dB), SSIM (talk/evaluation/metrics/image.py, the figures evaluate reports), CIELAB ΔE and
+    Laplacian sharpness ratio over the face box, dlib-128 identity distance
+    (talk/evaluation/metrics/fidelity.py)."""
+    from talk.evaluation.metrics.fidelity import fidelity
     from talk.evaluation.metrics.image import psnr, ssim
 
-    mean, _ = encode_frames(vae, frames, chunk)
-    rec = decode_latents(vae, mean, chunk, scaling_factor=1.0)  # (N, H, W, 3) uint8
-    return {"psnr": float(psnr(rec, frames).mean()), "ssim": float(ssim(rec, frames).mean())}
+    rec = round_trip(vae, frames, chunk)
+    out = {"psnr": float(psnr(rec, frames).mean()), "ssim": float(ssim(rec, frames).mean())}
+    analyzer = None
+    if identity:
+        from talk.evaluation.metrics.face import FaceAnalyzer
+
+        analyzer = FaceAnalyzer()
+    f = fidelity(rec, frames, analyzer)
+    out["delta_e"] = float(np.mean(f["delta_e"]))
+    out["sharpness"] = float(np.nanmean(f["sharpness"]))
+    if analyzer is not None:
+        out["identity"] = float(np.nanmean(f["identity"])) if np.isfinite(f["identity"]).any() else float("nan")
+        out["face_found"] = float(f["face_found"].mean())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,8 +299,11 @@ def run_stage(params, cfg: FitVaeConfig, on_export) -> dict[str, Any]:
     scaling, stats = measure_scaling(vae, train_frames[np.sort(pick)], cfg.eval_batch)
     vae.register_to_config(scaling_factor=scaling)
     rec = reconstruction_metrics(vae, val_frames, cfg.eval_batch)
+    strip = round_trip_strip(vae, val_frames, cfg.eval_batch)
     metrics = {
-        "val_psnr": rec["psnr"], "val_ssim": rec["ssim"], "val_frames": int(len(val_frames)),
+        "val_psnr": rec["psnr"], "val_ssim": rec["ssim"], "val_delta_e": rec["delta_e"],
+        "val_sharpness": rec["sharpness"], "val_identity": rec["identity"], "val_face_found": rec["face_found"],
+        "val_frames": int(len(val_frames)),
         "scaling_factor": scaling, **stats, "train_frames": int(len(train_frames)),
         "steps": cfg.loop.steps if mcfg.is_own else 0,
         "loss_first": curve[0]["loss"] if curve else None, "loss_last": curve[-1]["loss"] if curve else None,
@@ -254,6 +312,7 @@ def run_stage(params, cfg: FitVaeConfig, on_export) -> dict[str, Any]:
     with export_dir(out) as tmp:
         save_vae(vae.to("cpu"), tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        (tmp / "roundtrip.png").write_bytes(encode_image(strip))
         lines = ["\t".join(CURVE)] + ["\t".join(f"{r.get(c, float('nan')):.6g}" for c in CURVE) for r in curve]
         (tmp / "loss.tsv").write_text("\n".join(lines) + "\n")
         on_export(tmp)
@@ -275,6 +334,7 @@ def summary(result: dict, out: Path, identity: str, size: int):
     if curve:
         table.add_row("loss (first / last)", f"{m['loss_first']:.4f} / {m['loss_last']:.4f}")
     table.add_row("val PSNR / SSIM", f"{m['val_psnr']:.2f} dB / {m['val_ssim']:.4f}")
+    table.add_row("val ΔE / sharpness / identity", f"{m['val_delta_e']:.2f} / {m['val_sharpness']:.2f}x / {m['val_identity']:.3f}")
     table.add_row("scaling factor", f"{m['scaling_factor']:.4f}")
     table.add_row("time (read / train / total)", f"{tm['read']:.1f} / {tm['train']:.1f} / {tm['total']:.1f} s")
     table.add_row("identity", identity[:16])
