@@ -8,6 +8,7 @@ Playwright) is installed (`make browser` installs chromium).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -229,6 +230,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(arts, tmp_path_factory):
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("no Gradio: pip install -e '.[web]' (make install does)")
     d = tmp_path_factory.mktemp("server")
     (d / "tmp").mkdir()
     s = Server(write_params(d / "p.yaml", arts), d / "tmp")
