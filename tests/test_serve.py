@@ -323,11 +323,16 @@ def test_page_renders_the_video_with_its_audio(server, browser, tmp_path):
     upload(page, "speech", SPEECH)
     page.wait_for_selector("#speech audio, #speech .waveform-container, #speech wave", state="attached", timeout=30_000)
     choose(page, "emotion", "sad")
+    page.evaluate("""() => { window.__bars = []; new MutationObserver(() => {
+        const m = document.body.innerText.match(/rendering\\D*(\\d+)\\s*\\/\\s*(\\d+)\\s*frames/);
+        if (m) window.__bars.push([+m[1], +m[2]]); }).observe(document.body, {subtree: true, childList: true, characterData: true}); }""")
     page.click("#render")
     text = wait_status(page, "frames/s")
     page.wait_for_selector("#video video", timeout=60_000)
     n = frame_count(len(media.read_audio(SPEECH)))
     assert text.startswith(f"{n} frames"), text
+    bars = page.evaluate("() => window.__bars")  # the progress bar: frames done / total while rendering
+    assert bars and all(total == n and 0 <= done <= n for done, total in bars), bars
     # it plays in the browser: metadata loaded, the clip's length
     duration = page.eval_on_selector("#video video", """v => new Promise(ok => {
         if (v.readyState >= 1) ok(v.duration); else v.addEventListener('loadedmetadata', () => ok(v.duration)); })""")
