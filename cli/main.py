@@ -18,6 +18,7 @@ from talk.cli.preprocess import preprocess
 from talk.cli.pretrain_prior import pretrain_prior
 from talk.cli.render import render
 from talk.cli.sample_data import sample_data
+from talk.cli.serve import serve
 from talk.cli.train import train
 from talk.cli.train_diffusion import train_diffusion
 
@@ -50,6 +51,7 @@ app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("render")(render)
 app.command("embed")(embed)
+app.command("serve")(serve)
 
 
 def main() -> None:

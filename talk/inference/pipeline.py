@@ -28,6 +28,7 @@ render loop (``schedule``, ``window``, ``seed``, ...): talk/inference/config.py 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -272,9 +273,11 @@ class TalkPipeline:
 
     def iter_frames(self, image, audio, *, emotion: str = "neutral", intensity: float | None = None, blend=None,
                     level: int | None = None, emotion_from=None, style_from=None, crop: bool | None = None,
-                    paste_back: bool | None = None, show_progress: bool = True, **settings) -> tuple[int, Iterator[np.ndarray], np.ndarray]:
+                    paste_back: bool | None = None, show_progress: bool = True, advance=None,
+                    **settings) -> tuple[int, Iterator[np.ndarray], np.ndarray]:
         """(frame count, frame iterator, 16 kHz samples): frames are produced while iterating.
-        ``settings`` override sampling / render-loop keys for this call (``Settings.replace``)."""
+        ``settings`` override sampling / render-loop keys for this call (``Settings.replace``);
+        ``advance(done, total)`` is called after every decoded batch (the web page's progress bar)."""
         from talk.core.runtime import progress
 
         s = self.settings.replace(**settings)
@@ -293,12 +296,18 @@ class TalkPipeline:
         mask = feather_mask(self.image_size, s.loop.feather) if paste else None
 
         def frames() -> Iterator[np.ndarray]:
-            with progress(FpsColumn()) as bar:
-                task = bar.add_task("render", total=n, visible=show_progress)
+            done = 0
+            # no terminal bar when hidden: renders in server threads may run side by side (rich: one live display at a time)
+            with progress(FpsColumn()) if show_progress else contextlib.nullcontext() as bar:
+                task = bar.add_task("render", total=n) if bar is not None else None
                 for _, lat in self.generate_latents(prep.latent, feats, n, z, sty, s):
                     for f in self.decode(lat):
                         yield paste_frame(f, prep.picture, prep.transform, mask) if paste else f
-                    bar.advance(task, len(lat))
+                    if bar is not None:
+                        bar.advance(task, len(lat))
+                    done += len(lat)
+                    if advance is not None:
+                        advance(done, n)
 
         return n, frames(), samples
 
