@@ -15,7 +15,7 @@ The upstream artefacts (crops, audio features, latent cache, VAE, prior) are rea
     .venv/bin/python benchmarks/ablation.py --quick [--steps 300] [--rows default,context_aug,face_lip] \
         [--base DIR] [--threads 2] [--json out.json] [--keep DIR]
 
-``--quick``: fewer train steps (``--steps``, default 300) and a smaller evaluate (4 clips x 25
+``--quick``: fewer train steps (``--steps``, default 300) and a smaller evaluate (4 clips x 20
 frames, a smaller emotion judge); figures at that size say which way a lever moves the numbers,
 not the shipped model's values.
 """
@@ -44,8 +44,8 @@ ROWS: dict[str, list[str]] = {
     "audio_levels": ["model.denoiser.audio_levels=[1]"],
 }
 UPSTREAM = ("sources", "crops", "audio_features", "latents", "vae", "prior", "weights")  # paths read from --base
-QUICK_EVAL = ["evaluate.max_clips=4", "evaluate.max_frames=25", "evaluate.judge_max_clips=24",
-              "evaluate.judge_frames_per_clip=6", "evaluate.descriptor_stride=5"]
+QUICK_EVAL = ["evaluate.max_clips=4", "evaluate.max_frames=20", "evaluate.judge_max_clips=16",
+              "evaluate.judge_frames_per_clip=4"]
 SHOWN = ("csim_dlib128", "face_rate", "sync_corr", "sync_corr_best", "emo_acc_clf", "emo_acc_fer", "ssim", "psnr",
          "m_lmd", "f_lmd", "fid_dlib128", "fvd_dlib128", "mouth_open_std")  # first, in this order; then any others
 
