@@ -53,6 +53,9 @@ app.command("embed")(embed)
 
 
 def main() -> None:
+    from talk.core.fs import on_sigterm_exit
+
+    on_sigterm_exit()  # SIGTERM removes the temporaries of the outputs being written, as SIGINT does
     app()
 
 

@@ -76,6 +76,12 @@ def _s(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma * x.new_ones([x.shape[0]])
 
 
+def _positive(sigmas: torch.Tensor) -> list[bool]:
+    """σ_i > 0 for every level, read to the host once per sampling run: the samplers branch on it,
+    and on a GPU a comparison with a device scalar in the loop would synchronise at every step."""
+    return [bool(v) for v in (sigmas > 0).tolist()]
+
+
 def _at(model, i: int):
     """The denoiser of step i: ``model.at_step(i)`` for step-dependent models, else ``model``."""
     at_step = getattr(model, "at_step", None)
@@ -98,6 +104,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, generator=Non
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, generator=None, eta: float = 1.0):
     """Ancestral Euler: a deterministic step to σ_down, then fresh noise up to σ_{i+1}."""
     extra_args = extra_args or {}
+    positive = _positive(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = _at(model, i)(x, _s(sigmas[i], x), **extra_args)
         if callback is not None:
@@ -106,7 +113,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, gen
         sigma_up = torch.minimum(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2).sqrt())
         sigma_down = (s_next**2 - sigma_up**2).sqrt()
         x = x + _d(x, s, denoised) * (sigma_down - s)
-        if s_next > 0:
+        if positive[i + 1]:
             x = x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma_up
     return x
 
@@ -115,6 +122,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, gen
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, generator=None):
     """Heun's second-order method (Karras et al. 2022, Algorithm 1 without churn)."""
     extra_args = extra_args or {}
+    positive = _positive(sigmas)
     for i in range(len(sigmas) - 1):
         model_i = _at(model, i)  # predictor and corrector: the guidance of step i
         denoised = model_i(x, _s(sigmas[i], x), **extra_args)
@@ -122,7 +130,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, generator=None
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         d = _d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if sigmas[i + 1] == 0:
+        if not positive[i + 1]:
             x = x + d * dt
         else:
             x_2 = x + d * dt
@@ -135,12 +143,13 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, generator=None
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, generator=None):
     """DPM-Solver++(2M) (Lu et al. 2022), as in k-diffusion."""
     extra_args = extra_args or {}
+    positive = _positive(sigmas)
     old_denoised = None
     for i in range(len(sigmas) - 1):
         denoised = _at(model, i)(x, _s(sigmas[i], x), **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        if sigmas[i + 1] == 0:
+        if not positive[i + 1]:
             x = denoised
             continue
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -220,6 +229,7 @@ class GuidedDenoiser(nn.Module):
         self.order = tuple(order)
         self.branches = guidance_branches(scales, order)
         self.steps = None if steps is None else frozenset(int(i) for i in steps)
+        self._plans: dict = {}  # (flags, device) -> plan(): the stacked rows of one call pattern
 
     def guided_at(self, i: int) -> bool:
         """Whether sampler step i runs every branch."""
@@ -230,14 +240,16 @@ class GuidedDenoiser(nn.Module):
         flag = self.guided_at(i)
         return lambda x, sigma, **cond: self(x, sigma, guided=flag, **cond)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, keep: dict | None = None,
-                guided: bool | Sequence[bool] | None = None, **cond) -> torch.Tensor:
-        """x (B, ...), sigma (B,), cond tensors with batch B; ``keep`` (B,) masks of conditions absent
-        for a sample (off in every branch); ``guided``: per row, or one bool for all (None = True)."""
-        b = x.shape[0]
-        flags = [True] * b if guided is None else [bool(guided)] * b if isinstance(guided, bool) else [bool(g) for g in guided]
-        if len(flags) != b:
-            raise ValueError(f"guided has {len(flags)} flags for a batch of {b}")
+    def plan(self, flags: tuple[bool, ...], device) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(source row per stacked row (R,), branch mask per condition {c: (R,) bool}, weight per
+        stacked row (R,) float32) for rows guided as ``flags``, on ``device``.
+
+        Built once per (flags, device) and kept: the samplers call the same few patterns at every
+        step, and on a GPU each rebuild would be three small blocking host-to-device copies."""
+        key = (flags, str(device))
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached
         full = [({c: True for c in self.order}, 1.0)]
         src, weight, masks = [], [], {c: [] for c in self.order}  # branch keys are a subset of the order
         for j, g in enumerate(flags):  # row j's branches, side by side
@@ -246,14 +258,28 @@ class GuidedDenoiser(nn.Module):
                 weight.append(w)
                 for c in masks:
                     masks[c].append(branch.get(c, True))
-        idx = torch.tensor(src, device=x.device)
-        rows = {c: torch.tensor(v, device=x.device) for c, v in masks.items()}
+        plan = (torch.tensor(src, device=device), {c: torch.tensor(v, device=device) for c, v in masks.items()},
+                torch.tensor(weight, dtype=torch.float32, device=device))
+        if len(self._plans) < 64:  # a rolling render has at most ``steps`` + 1 patterns per run
+            self._plans[key] = plan
+        return plan
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, keep: dict | None = None,
+                guided: bool | Sequence[bool] | None = None, **cond) -> torch.Tensor:
+        """x (B, ...), sigma (B,), cond tensors with batch B; ``keep`` (B,) masks of conditions absent
+        for a sample (off in every branch); ``guided``: per row, or one bool for all (None = True)."""
+        b = x.shape[0]
+        flags = [True] * b if guided is None else [bool(guided)] * b if isinstance(guided, bool) else [bool(g) for g in guided]
+        if len(flags) != b:
+            raise ValueError(f"guided has {len(flags)} flags for a batch of {b}")
+        idx, masks, weight = self.plan(tuple(flags), x.device)
+        rows = dict(masks)
         for c, on in (keep or {}).items():  # conditions absent for a sample stay off
             on = on.to(device=x.device, dtype=torch.bool)[idx]
             rows[c] = rows[c] & on if c in rows else on
         out = self.model(x[idx], sigma[idx], keep=rows,
                          **{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in cond.items()})  # (R, ...)
-        w = torch.tensor(weight, dtype=out.dtype, device=out.device).view(-1, *([1] * (out.dim() - 1)))
+        w = weight.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
         return torch.zeros_like(x, dtype=out.dtype).index_add_(0, idx, out * w)
 
 
@@ -272,9 +298,10 @@ def sample(
 
 def per_sample_noise(shape, seeds: Sequence[int], device="cpu") -> torch.Tensor:
     """Unit Gaussian noise with one seed per sample (results do not depend on the batch size)."""
-    return torch.stack(
-        [torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    ).to(device)
+    noise = torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    if torch.device(device).type == "cuda":  # drawn on the CPU (device-independent); copied without blocking the host
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
 
 
 __all__ = [

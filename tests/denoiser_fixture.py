@@ -151,7 +151,7 @@ def make_pipeline_inputs(root: Path) -> Path:
 
     import yaml
     from latents_fixture import MANIFEST_COLUMNS
-    from safetensors.torch import save_file
+    from talk.artifacts.files import save_safetensors
 
     from talk.artifacts.prior import FORMAT, VERSION
     from talk.artifacts.vae import save_vae, vae_identity
@@ -196,7 +196,7 @@ def make_pipeline_inputs(root: Path) -> Path:
     model = PriorModel(prior_cfg, BANK)
     (prior_dir / "config.json").write_text(_json.dumps({"format": FORMAT, "version": VERSION, "prior": to_plain(prior_cfg),
                                                        "bank": to_plain(BANK)}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(prior_dir / "model.safetensors"))
+    save_safetensors(prior_dir / "model.safetensors", model.state_dict())  # the writer pretrain_prior uses (0644)
     ids = [c[0] for c in clips]
     np.savez(prior_dir / "clip_embeddings.npz", clip_id=np.array(ids),
              mu=rng.normal(size=(len(ids), EMB)).astype(np.float32), logvar=np.full((len(ids), EMB), -3, np.float32),

@@ -109,7 +109,7 @@ def write_prior(folder: Path, s: Sizes) -> Path:
 
     Presets: every emotion, every (emotion, level) of the 7 non-neutral ones, and two style/<speaker>.
     """
-    from safetensors.torch import save_file
+    from talk.artifacts.files import save_safetensors
 
     from talk.artifacts.prior import FORMAT, VERSION, save_presets
     from talk.core.params import to_plain
@@ -122,7 +122,7 @@ def write_prior(folder: Path, s: Sizes) -> Path:
     config = {"format": FORMAT, "version": VERSION, "prior": to_plain(prior), "bank": to_plain(bank),
               "bank_head": model.bank_head, "emotions": list(EMOTIONS)}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_safetensors(folder / "model.safetensors", model.state_dict())  # the writer pretrain_prior uses (0644)
     rng = np.random.default_rng(3)
     presets = {}
     for i, e in enumerate(EMOTIONS):

@@ -90,12 +90,15 @@ def read_frames(path: Path, indices: Sequence[int], size: int) -> np.ndarray:
     """Frames ``indices`` (sorted, unique) of a crop video -> (n, size, size, 3) uint8."""
     want = sorted(set(int(i) for i in indices))
     out, k = [], 0
-    for t, frame in enumerate(media.iter_video(path, fps=None)):
-        if t == want[k]:
-            out.append(frame)
-            k += 1
-            if k == len(want):
-                break
+    try:  # strict: a skipped corrupt packet would shift the frame indices
+        for t, frame in enumerate(media.iter_video(path, fps=None, strict=True)):
+            if t == want[k]:
+                out.append(frame)
+                k += 1
+                if k == len(want):
+                    break
+    except TalkError as e:
+        raise TalkError(f"{e}; {REBUILD}") from None
     if len(out) < len(want):
         raise TalkError(f"{path}: {t + 1} frames, wanted frame {want[-1]}; {REBUILD}")
     frames = np.stack(out)

@@ -256,10 +256,14 @@ def examine(c: Candidate, cfg: DiscoverConfig) -> tuple[dict | None, str]:
     path = c.path
     try:
         info = media.probe(path)
+        decoded = media.decoded_duration(path) if info.has_video else None
     except TalkError as e:
         return None, _reason(e, path)
     if not info.has_video:
         return None, "no video stream"
+    if decoded.damaged:  # the manifest records what decodes, and says when it is less than announced
+        runtime.log.warning("%s; the manifest records the %.2f s that decode", decoded.describe(), decoded.kept)
+        info = dataclasses.replace(info, duration=min(decoded.kept, decoded.seconds))
     if not info.fps > 0:
         return None, "unknown frame rate"
     if info.duration < cfg.min_duration:

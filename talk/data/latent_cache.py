@@ -380,10 +380,15 @@ def encode_clip(vae, path: Path, size: int, batch: int, autocast: str) -> tuple:
         stds.append(s.numpy())
         chunk.clear()
 
-    for frame in media.iter_video(path, fps=None):
-        chunk.append(frame)
-        if len(chunk) == batch:
-            flush()
+    try:  # a damaged crop would shift every later frame against its landmarks: an error
+        for frame in media.iter_video(path, fps=None, strict=True):
+            chunk.append(frame)
+            if len(chunk) == batch:
+                flush()
+    except TalkError as e:
+        if "damaged" not in str(e):
+            raise
+        raise TalkError(f"{e}; re-run `talk crop-align`") from None
     if chunk:
         flush()
     if not means:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from talk.core.errors import TalkError
+from talk.core.fs import check_output
 from talk.core.runtime import console
 from talk.inference.emotion import check_emotion, parse_blend
 
@@ -57,10 +58,16 @@ def read_batch(path: Path) -> list[dict]:
         for col in ("image", "audio", "emotion_from"):
             if col in job and not job[col].is_file():
                 raise TalkError(f"{where}: {col} not found: {job[col]}")
+        check_output(job["out"], (".mp4",), f"{where}: out")  # a folder, a wrong suffix, an unwritable place
         if job["out"] in outs:
             raise TalkError(f"{where}: output {job['out']} is written by an earlier row")
         outs.add(job["out"])
         try:
+            chosen = [c for c in ("blend", "emotion_from") if str(row.get(c, "")).strip()]
+            if str(row.get("emotion", "")).strip() not in ("", "neutral"):
+                chosen.insert(0, "emotion")
+            if len(chosen) > 1:
+                raise TalkError(f"{' and '.join(chosen)} each set the emotion: fill one of them")
             if row.get("blend", "").strip():
                 job["blend"] = parse_blend(row["blend"])
             elif "emotion_from" not in job:

@@ -33,6 +33,7 @@ class RenderLoop:
     shared_noise: bool = True  # one noise tensor for every frame (steadier video); false: per-frame noise seeds
     seed: int = dataclasses.field(default=0, metadata=rng(0))  # sampling seed
     decode_batch: int = dataclasses.field(default=16, metadata=rng(1))  # frames per VAE decode call
+    precision: str = dataclasses.field(default="auto", metadata=one_of("auto", "float32", "bfloat16", "float16"))  # denoiser compute: auto (bf16 autocast on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (CUDA); the sampler's state stays float32
     crop: bool = True  # detect, crop and align the portrait like crop_align (false: it is an aligned crop already)
     paste_back: bool = False  # paste the generated crop back into the full picture
     feather: float = dataclasses.field(default=0.08, metadata=rng(0.0, 0.5))  # paste-back mask edge ramp, fraction of the crop side
@@ -41,6 +42,13 @@ class RenderLoop:
     def validate(self) -> None:
         if self.overlap >= self.window:
             raise TalkError(f"render.overlap ({self.overlap}) must be smaller than render.window ({self.window})")
+
+
+def compute_dtype(precision: str, device) -> str | None:
+    """The autocast dtype name of the denoiser for ``precision`` on ``device`` (None: plain float32)."""
+    if precision == "auto":
+        return "bfloat16" if str(device).startswith("cuda") else None
+    return None if precision == "float32" else precision
 
 
 LOOP_KEYS = tuple(f.name for f in dataclasses.fields(RenderLoop))

@@ -42,7 +42,7 @@ def track_landmarks(path: Path, face=None, image_size: int = 128, max_frames: in
     from talk.media import faces
 
     cfg = face or faces.FaceConfig()
-    frames = list(itertools.islice(media.iter_video(path), max_frames))
+    frames = list(itertools.islice(media.iter_video(path, strict=True), max_frames))  # damaged clip: an error
     if not frames:
         raise TalkError(f"{path}: no video frames")
     track = faces.FaceTracker(cfg).track(frames)
@@ -128,7 +128,7 @@ def embed_clip(
         if whisper is None:
             raise ValueError("an audio embedding needs a Whisper model (talk.audio.whisper_ckpt.load_whisper)")
         check_whisper(whisper, prior)
-        samples = media.read_audio(path)
+        samples = media.read_audio(path, strict=True)
         if n_frames is None:
             n_frames = min(max_frames, len(samples) * media.VIDEO_FPS // media.AUDIO_RATE)
         if n_frames < 1:
@@ -200,7 +200,9 @@ def run(params, clip: Path, out: Path, mode: str = "auto", neutral: Path | None 
         prior_dir: Path | None = None, max_seconds: float = 20.0) -> Path:
     """Embed ``clip`` with the prior in ``prior_dir`` (default ``paths.prior``); write ``out`` (.npz)."""
     from talk.artifacts.prior import load_prior
+    from talk.core.fs import check_output
 
+    check_output(out, (".npz",))  # before any model loads: np.savez writes an .npz whatever the name
     mode = resolve_mode(media.probe(clip), mode)
     prior = load_prior(prior_dir or params.paths.prior)
     whisper = None

@@ -21,7 +21,7 @@ def load_speech(audio: str | Path | np.ndarray) -> np.ndarray:
     if isinstance(audio, np.ndarray):
         samples = np.asarray(audio, np.float32).reshape(-1)
     else:
-        samples = media.read_audio(Path(audio), media.AUDIO_RATE)
+        samples = media.read_audio(Path(audio), media.AUDIO_RATE, strict=True)  # damaged speech: an error
     if samples.size < HOP // 2:
         raise TalkError(f"{audio if not isinstance(audio, np.ndarray) else 'audio'}: too short to render "
                         f"(needs at least {1000 / FPS / 2:.0f} ms)")
@@ -99,7 +99,7 @@ def original_audio(path: Path) -> tuple[np.ndarray, int]:
     """The file's own audio (mono) at its own rate (capped at 48 kHz) for the output mp4."""
     rate = media.probe(path).audio_rate or media.AUDIO_RATE
     rate = min(rate, 48_000)
-    return media.read_audio(path, rate), rate
+    return media.read_audio(path, rate, strict=True), rate
 
 
 def fit_length(samples: np.ndarray, n: int) -> np.ndarray:

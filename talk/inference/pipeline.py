@@ -38,7 +38,7 @@ import numpy as np
 
 from talk.core.errors import TalkError
 from talk.inference import loading, schedules
-from talk.inference.config import DENOISERS, RenderLoop, Settings, loop_of
+from talk.inference.config import DENOISERS, RenderLoop, Settings, compute_dtype, loop_of
 from talk.inference.emotion import check_emotion, emotion_gaussian, parse_blend
 from talk.inference.frames import (
     FPS,
@@ -165,7 +165,12 @@ class TalkPipeline:
         if crop:
             if self.aligner is None:
                 raise TalkError("this pipeline has no face aligner: pass crop=False with an aligned crop")
-            face, _, M = self.aligner.align_image(picture)
+            try:
+                face, _, M = self.aligner.align_image(picture)
+            except TalkError as e:  # "no face found in the image": say which
+                if isinstance(image, np.ndarray):
+                    raise
+                raise TalkError(f"{image}: {e} (a portrait with one visible face, or --no-crop for an aligned crop)") from None
         else:
             face = picture
             if abs(face.shape[0] / face.shape[1] - 1) > 0.02:
@@ -216,6 +221,9 @@ class TalkPipeline:
         key = str(style_from)
         if key.startswith("style/") and key in self.prior.presets:
             return self.prior.presets[key][0].float().to(self.device)
+        if not Path(key).is_file():
+            have = sorted(k for k in self.prior.presets if k.startswith("style/"))
+            raise TalkError(f"--style-from {key}: no such file or style preset (presets: {', '.join(have) or 'none'})")
         if "style" not in self.prior.model.heads:
             raise TalkError("the prior has no style head: --style-from needs a prior trained with model.prior.heads: [.., style]")
         mu, _ = embed_reference(Path(style_from), self.prior, self.whisper, "style", self.chunking, self._face, self.image_size)
@@ -238,6 +246,9 @@ class TalkPipeline:
         s = settings or self.settings
         sigmas = get_sigmas(self.schedule, s.sampling.steps, s.sampling.sigmas, device=self.device)
         guided = self.guided(s.sampling.scales(), style is not None, s.sampling.guided_steps())
+        dtype = compute_dtype(s.loop.precision, self.device)
+        if dtype is not None:
+            guided = Autocast(guided, self.device.type, dtype)
         return schedules.generate_latents(guided, self.spec, sigmas, ref, feats, n_frames, z, style, s, self.device)
 
     def crop_frames(self, ref, feats, n_frames: int, z, style=None, settings: Settings | None = None,
@@ -309,7 +320,8 @@ class TalkPipeline:
         if not isinstance(audio, np.ndarray):
             sound, rate = original_audio(Path(audio))
         sound = fit_length(sound, round(n / FPS * rate))
-        written = media.write_video(out, even_frames(frames), fps=FPS, audio=sound, audio_rate=rate, crf=self.settings.loop.crf)
+        written = media.write_video(out, even_frames(frames), fps=FPS, audio=sound, audio_rate=rate,
+                                   crf=self.settings.loop.crf, audio_within_video=True)
         wall = time.perf_counter() - t0
         return {"out": str(out), "frames": written, "seconds": n / FPS, "wall_s": wall, "fps": written / wall if wall else 0.0}
 
@@ -328,6 +340,34 @@ def evaluation_renderer(params, **settings):
     """evaluate's ``render_fn(ref_frame, audio, emotion, level)`` from the trained artefacts that
     ``params.paths`` and ``params.render`` name (aligned crops in, no detection; MEAD level presets)."""
     return TalkPipeline.from_params(params).evaluation_renderer(**settings)
+
+
+class Autocast:
+    """A guided denoiser (``GuidedDenoiser``'s interface: call, ``at_step``, ``guided_at``) whose
+    network runs under torch autocast (``render.precision``); its outputs, and so the sampler's
+    state, stay float32. The context is entered per call, never held across a schedule's yields
+    (the VAE decode between them runs in float32)."""
+
+    def __init__(self, guided, device_type: str, dtype: str):
+        import torch
+
+        self.inner, self.device_type, self.dtype = guided, device_type, getattr(torch, dtype)
+
+    def _run(self, fn, x, sigma, **cond):
+        import torch
+
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return fn(x, sigma, **cond).float()
+
+    def __call__(self, x, sigma, **cond):
+        return self._run(self.inner, x, sigma, **cond)
+
+    def at_step(self, i: int):
+        fn = self.inner.at_step(i)
+        return lambda x, sigma, **cond: self._run(fn, x, sigma, **cond)
+
+    def guided_at(self, i: int) -> bool:
+        return self.inner.guided_at(i)
 
 
 class FpsColumn:

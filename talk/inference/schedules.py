@@ -166,7 +166,7 @@ def rolling(guided, spec, sigmas, ref, feats, n_frames: int, z, style, s: Settin
     import torch
 
     if s.sampling.sampler != "euler":
-        raise TalkError(f"render.schedule rolling steps every frame with Euler; sampler '{s.sampling.sampler}' needs schedule: window")
+        raise TalkError(f"render.schedule rolling steps every frame with Euler; sampler '{s.sampling.sampler}' needs schedule: window (`talk render --schedule window`)")
     loop, M, S = s.loop, spec.motion_frames, s.sampling.steps
     out: dict[int, Any] = {}  # frame -> final latent (C, h, w), until yielded and no longer motion context
     x: dict[int, Any] = {}  # frame -> current noisy latent (C, h, w)

@@ -68,7 +68,7 @@ def _audio(row: dict, video: Path, info: media.MediaInfo) -> np.ndarray:
     separate = audio_path.resolve() != video.resolve()
     if not separate and not info.has_audio:
         raise TalkError("video has no audio track and no separate audio file (audio_path = video_path)")
-    return media.read_audio(audio_path, media.AUDIO_RATE)
+    return media.read_audio(audio_path, media.AUDIO_RATE, strict=True)  # corrupt / truncated audio: a reject
 
 
 _END = object()
@@ -188,6 +188,9 @@ def process_clip(row: dict, cfg: CropConfig, size: int, tracker: faces.FaceTrack
         info = media.probe(video)
         if not info.has_video:
             raise TalkError("no video stream")
+        decoded = media.decoded_duration(video, "video")  # corrupt packets, or shorter than the container says
+        if decoded.damaged:
+            raise TalkError(decoded.describe().replace(f"{video}: ", "", 1))
         audio = _audio(row, video, info)
     except TalkError as e:
         return done([], [reject(str(e))])

@@ -179,7 +179,7 @@ class Objective:
             weights = face_lip_weights(batch["landmarks"], x0.shape[-2], x0.shape[-1], self.cfg.w_face, self.cfg.w_lip)
         out = training_loss(model, self.schedule, x0, noise, t, cond, self.cfg.min_snr_gamma, pixel_weight=weights)
         loss = out.loss + self.cfg.vq_weight * out.vq_loss
-        return StepResult(loss, {"loss": out.loss.item(), "vq_loss": out.vq_loss.item()})
+        return StepResult(loss, {"loss": out.loss.detach(), "vq_loss": out.vq_loss.detach()})  # read back by the trainer
 
 
 def t_bins(num_timesteps: int, bins: int = T_BINS) -> list[tuple[int, int]]:

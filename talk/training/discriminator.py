@@ -106,8 +106,9 @@ class JudgeObjective:
                              **{k: v for k, v in cond.items() if k != "keep"}).features
         logits = disc(feats, schedule.model_timestep(t))
         loss = disc.module.loss(logits, target, valid) if hasattr(disc, "module") else disc.loss(logits, target, valid)
-        acc = float((logits.argmax(1) == target)[valid].float().mean()) if bool(valid.any()) else float("nan")
-        return StepResult(loss, {"loss": loss.item(), "accuracy": acc})
+        hits = ((logits.argmax(1) == target) & valid).sum().float()
+        acc = hits / valid.sum()  # NaN when no sample is labelled; no host sync here (the trainer reads it back)
+        return StepResult(loss, {"loss": loss.detach(), "accuracy": acc})
 
 
 @dataclasses.dataclass
@@ -141,7 +142,7 @@ class FinetuneObjective:
         valid = valid & cond["keep"]["emotion"]  # only a requested emotion is scored
         disc_loss = self.disc.loss(logits, target, valid)
         loss = out.loss + obj.vq_weight * out.vq_loss + self.cfg.disc_weight * disc_loss
-        return StepResult(loss, {"loss": out.loss.item(), "vq_loss": out.vq_loss.item(), "disc_loss": disc_loss.item()})
+        return StepResult(loss, {"loss": out.loss.detach(), "vq_loss": out.vq_loss.detach(), "disc_loss": disc_loss.detach()})
 
 
 def judge_accuracy(disc, net, objective: Objective, batches: list[dict], classes: str, seed: int, device,

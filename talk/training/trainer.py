@@ -227,7 +227,7 @@ class EMA:
 @dataclasses.dataclass
 class StepResult:
     loss: torch.Tensor  # scalar to minimise
-    logs: dict[str, float]  # values to log (floats)
+    logs: dict[str, Any]  # values to log: floats, or 0-d tensors (read back with the loss in one transfer)
 
 
 LossFn = Callable[..., StepResult]  # (model, batch, generator, step) -> StepResult
@@ -297,6 +297,21 @@ def merged_history(rows: list[dict]) -> list[dict]:
 
 def _terms(logs: dict) -> str:
     return ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items() if isinstance(v, (int, float)) and v is not None)
+
+
+def _to_host(logs: dict, loss, norm) -> tuple[dict[str, float], float, float | None]:
+    """(logs as floats, the scalar loss, the gradient norm or None): every tensor among them read
+    back in one device-to-host copy."""
+    import torch
+
+    names = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    loss = loss.float().reshape(())
+    parts = [loss, *(logs[k].detach().float().reshape(()) for k in names)]
+    if norm is not None:
+        parts.append(torch.as_tensor(norm).to(loss.device).float().reshape(()))
+    values = torch.stack(parts).tolist()  # the one sync of the step
+    out = {k: (values[1 + names.index(k)] if k in names else v) for k, v in logs.items()}
+    return out, values[0], (values[-1] if norm is not None else None)
 
 
 class Trainer:
@@ -421,21 +436,23 @@ class Trainer:
                          f"is in {self.run_dir})")
 
     def train_step(self, batch: dict, loss_fn: LossFn) -> dict[str, float]:
-        import torch
-
+        """One optimiser step. The loss, the logged tensors and the gradient norm reach the host in
+        ONE transfer (a GPU then waits for the host once per step, not once per logged value); a
+        non-finite loss or gradient norm still stops the run before the optimiser steps."""
         acc = self.accelerator
         self.model.train()
         with acc.autocast():
             result = loss_fn(self.model, batch, self.generator(), self.step)
-        logs = dict(result.logs)
-        if not bool(torch.isfinite(result.loss.detach()).all()):
-            raise self._diverged(f"the loss is {float(result.loss.detach())}", {"total": float(result.loss.detach()), **logs})
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(result.loss)
-        if self.loop.grad_clip > 0:
-            logs["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip))
-            if not math.isfinite(logs["grad_norm"]) and acc.scaler is None:  # (fp16: the scaler skips the step)
-                raise self._diverged(f"the gradient norm is {logs['grad_norm']}", logs)
+        norm = acc.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip) if self.loop.grad_clip > 0 else None
+        logs, total, grad_norm = _to_host(result.logs, result.loss.detach(), norm)
+        if not math.isfinite(total):
+            raise self._diverged(f"the loss is {total}", {"total": total, **logs})
+        if grad_norm is not None:
+            logs["grad_norm"] = grad_norm
+            if not math.isfinite(grad_norm) and acc.scaler is None:  # (fp16: the scaler skips the step)
+                raise self._diverged(f"the gradient norm is {grad_norm}", logs)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.step += 1
