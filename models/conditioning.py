@@ -150,11 +150,29 @@ class DecoupledCrossAttnProcessor(IPAdapterAttnProcessor2_0):
         return super().__call__(attn, hidden_states, (audio, ip), attention_mask, temb)
 
 
+class AudioCrossAttnProcessor(AttnProcessor2_0):
+    """Cross-attention to the audio tokens alone, from a packed context (``[audio | ip sets]``).
+
+    The ``attn1`` of a block built with ``only_cross_attention`` (``model.denoiser.audio_levels``:
+    audio attention at a level without self-attention) attends to its row's audio tokens; the
+    block's ``attn2`` keeps the decoupled audio + emotion + style attention.
+    """
+
+    def __init__(self, audio_tokens: int, ip_tokens):
+        super().__init__()
+        self.audio_tokens, self.n_ip = audio_tokens, int(sum(ip_tokens))
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        audio = encoder_hidden_states[:, : encoder_hidden_states.shape[1] - self.n_ip]  # frame backbone: (rows, Na, D)
+        return super().__call__(attn, hidden_states, audio, attention_mask, temb)
+
+
 def install_processors(unet: nn.Module, audio_tokens: int, ip_tokens, scales) -> None:
     """Decoupled processors on every spatial cross-attention (``attn2``) of ``unet``.
 
     Self-attention and the temporal blocks' cross-attention (which see the whole window's packed
-    context at once) keep diffusers' plain ``AttnProcessor2_0``.
+    context at once) keep diffusers' plain ``AttnProcessor2_0``; an ``attn1`` that is a
+    cross-attention (``only_cross_attention`` blocks) attends to the audio tokens alone.
     """
     modules = dict(unet.named_modules())
     processors = {}
@@ -164,6 +182,8 @@ def install_processors(unet: nn.Module, audio_tokens: int, ip_tokens, scales) ->
             processors[name] = DecoupledCrossAttnProcessor(
                 attn.to_k.out_features, attn.to_k.in_features, audio_tokens, ip_tokens, scales
             )
+        elif name.endswith("attn1.processor") and getattr(attn, "is_cross_attention", False):
+            processors[name] = AudioCrossAttnProcessor(audio_tokens, ip_tokens)
         else:
             processors[name] = AttnProcessor2_0()
     unet.set_attn_processor(processors)

@@ -29,6 +29,7 @@ from talk.models.diffusion import NoiseSchedule
 from talk.models.errors import ConfigError
 
 CONDITIONS = ("ref", "motion", "audio", "emotion", "style")  # what a ``keep`` mask can drop
+AUG_SCALE = 1000.0  # context-noise σ -> the sinusoidal embedding's input (σ = 1 ~ the last timestep index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,8 @@ class DenoiserSpec:
     emotion_tokens: int  # Ne: tokens the bank returns
     emotion_token_dim: int  # width of the bank's tokens
     style_dim: int = 0  # width of the style embedding (0: none)
+    context_aug: bool = False  # noise-augmented context (SVD / Hallo): reference + motion latents get noise of a per-sample σ, which the UNet sees (added to its time embedding)
+    residual: bool = False  # the denoised quantity is target − reference latent (the change from the reference), not the frame
     unet: dict = dataclasses.field(default_factory=dict)  # resolved diffusers config of the backbone
 
     def to_dict(self) -> dict:
@@ -115,8 +118,13 @@ def backbone_config(spec: DenoiserSpec) -> dict:
     cfg = spec.denoiser
     n = len(cfg.block_out_channels)
     if cfg.backbone == "frame":
-        down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels]
-        up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels)]
+        attn = [a or i in cfg.audio_levels for i, a in enumerate(cfg.attention_levels)]
+        only_cross = [bool(i in cfg.audio_levels and not a) for i, a in enumerate(cfg.attention_levels)]
+        down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn]
+        up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]
+        extra = {"only_cross_attention": only_cross} if any(only_cross) else {}
+        if spec.context_aug:  # the context-noise σ through a second sinusoidal embedding, added to the time embedding
+            extra["class_embed_type"] = "timestep"
         return dict(
             sample_size=spec.latent_size,
             in_channels=spec.in_channels,
@@ -129,6 +137,7 @@ def backbone_config(spec: DenoiserSpec) -> dict:
             cross_attention_dim=cfg.cross_attention_dim,
             attention_head_dim=list(_heads(cfg)),  # diffusers' legacy name: the number of heads
             mid_block_type="UNetMidBlock2DCrossAttn",
+            **extra,
         )
     if cfg.backbone == "clip":
         down = ["CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in cfg.attention_levels]
@@ -231,6 +240,8 @@ class TalkDenoiser(nn.Module):
             spec.emotion_token_dim,
             spec.style_dim,
         )
+        if spec.context_aug and spec.denoiser.backbone == "frame" and getattr(backbone, "class_embedding", None) is None:
+            raise ConfigError("context_aug needs a frame UNet with class_embed_type 'timestep' (a fresh backbone has one)")
         install_processors(backbone, spec.conditioning.audio_tokens, self.cond.ip_tokens, self.cond.ip_scales)
         if spec.denoiser.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
@@ -292,6 +303,8 @@ class TalkDenoiser(nn.Module):
         keep: dict | None = None,
         features: bool = False,
         features_only: bool = False,
+        aug: torch.Tensor | None = None,
+        aug_noise: torch.Tensor | None = None,
     ) -> DenoiserOutput:
         """Predict ε / v for noisy latents.
 
@@ -299,11 +312,22 @@ class TalkDenoiser(nn.Module):
         timestep input; ref (B, C, h, w); motion (B, M, C, h, w) or None (M = 0); audio
         (B, F, k, L, D) Whisper windows; emotion (B, E) emotion embedding z for the bank; style
         (B, S); keep {condition: (B,) bool}. ``features`` also returns the mid-block output;
-        ``features_only`` stops after the mid block (``sample`` is then None).
+        ``features_only`` stops after the mid block (``sample`` is then None). ``aug`` (B,) σ of the
+        context noise and ``aug_noise`` (B, 1+M, C, h, w) unit noise (spec.context_aug): the
+        reference and motion latents become ``x + σ·noise`` and the UNet is told σ (None: σ = 0).
         """
         b, f, c, h, w = sample.shape
         keep = self._keep(keep, b, sample.device)
         dtype = sample.dtype
+        aug_t = None
+        if self.spec.context_aug:
+            aug = sample.new_zeros(b) if aug is None else aug.to(dtype).reshape(b)
+            if aug_noise is not None:
+                s = aug.view(b, 1, 1, 1)
+                ref = ref.to(dtype) + s * aug_noise[:, 0].to(dtype)
+                if motion is not None:
+                    motion = motion.to(dtype) + s[:, None] * aug_noise[:, 1:].to(dtype)
+            aug_t = aug * AUG_SCALE  # the UNet's input: σ on the scale of the timestep indices
         k_ref = keep["ref"].view(b, 1, 1, 1).to(dtype)
         parts = [ref.to(dtype) * k_ref]  # (B, C, h, w)
         if self.spec.motion_frames:
@@ -321,10 +345,13 @@ class TalkDenoiser(nn.Module):
             if self.spec.denoiser.backbone == "clip":
                 context = pack_context(audio_tok.flatten(1, 2), ip)  # (B, F·Na + ΣN, D)
                 ids = self.added_time_ids.to(dtype).expand(b, -1)
+                if aug_t is not None:  # SVD's own noise-augmentation id, per sample
+                    ids = torch.cat([ids[:, :2], aug[:, None]], dim=1)
                 out = self.backbone(x, timestep, encoder_hidden_states=context, added_time_ids=ids).sample
             else:
                 context = pack_context(audio_tok.flatten(0, 1), [s.repeat_interleave(f, 0) for s in ip])  # (B·F, Na + ΣN, D)
-                out = self.backbone(x.flatten(0, 1), timestep.repeat_interleave(f), encoder_hidden_states=context).sample
+                kw = {"class_labels": aug_t.repeat_interleave(f)} if aug_t is not None else {}
+                out = self.backbone(x.flatten(0, 1), timestep.repeat_interleave(f), encoder_hidden_states=context, **kw).sample
                 out = out.view(b, f, *out.shape[1:])
         except _Stop:
             out = None

@@ -29,6 +29,7 @@ class DenoiserConfig:
     backbone: str = dataclasses.field(default="frame", metadata={"choices": BACKBONES})  # frame (one frame, UNet2DConditionModel) | clip (F frames, UNetSpatioTemporalConditionModel)
     block_out_channels: tuple[int, ...] = dataclasses.field(default=(32, 64, 128), metadata={"range": (8, None)})  # UNet widths per level, full latent resolution first
     attention_levels: tuple[bool, ...] = (False, False, True)  # cross/self attention per level (attention at full resolution dominates CPU cost)
+    audio_levels: tuple[int, ...] = ()  # frame backbone: levels (0 = full latent resolution) without attention_levels that get audio cross-attention blocks (no self-attention); () = audio only where attention_levels is on
     layers_per_block: int = dataclasses.field(default=1, metadata={"range": (1, None)})  # resnets per level
     attention_head_dim: int = dataclasses.field(default=32, metadata={"range": (4, None)})  # channels per attention head
     cross_attention_dim: int = dataclasses.field(default=128, metadata={"range": (8, None)})  # D: width of every condition token (audio, emotion, style)
@@ -55,6 +56,12 @@ class DenoiserConfig:
             )
         if self.backbone == "clip" and not self.pretrained and any(c % 32 for c in self.block_out_channels):
             raise ConfigError("model.denoiser.block_out_channels: the clip backbone's resnets use 32 groups; widths must be multiples of 32")
+        n = len(self.block_out_channels)
+        bad_levels = [i for i in self.audio_levels if not 0 <= i < n]
+        if bad_levels:
+            raise ConfigError(f"model.denoiser.audio_levels {bad_levels}: levels run 0..{n - 1}")
+        if self.audio_levels and self.backbone != "frame":
+            raise ConfigError("model.denoiser.audio_levels: only the frame backbone has audio-only cross-attention blocks")
         if self.backbone == "frame" and not any(self.attention_levels):
             raise ConfigError("model.denoiser.attention_levels: the frame backbone needs attention on at least one level")
 

@@ -136,6 +136,14 @@ class LossOutput:
     features: torch.Tensor | None  # (B, F, Cm, h', w') mid-block features, when asked for
 
 
+def residual_base(net: nn.Module, cond: dict, like: torch.Tensor) -> torch.Tensor | float:
+    """What a residual denoiser's output is relative to: the reference latent (B, 1, C, h, w), else 0."""
+    spec = getattr(net, "spec", None)
+    if not getattr(spec, "residual", False):
+        return 0.0
+    return cond["ref"][:, None].to(like.dtype)
+
+
 def training_loss(
     net: nn.Module,
     schedule: NoiseSchedule,
@@ -145,22 +153,68 @@ def training_loss(
     cond: dict,
     min_snr_gamma: float = 0.0,
     features: bool = False,
+    pixel_weight: torch.Tensor | None = None,
 ) -> LossOutput:
-    """Denoising loss of ``net`` on clean latents x0 (B, F, C, h, w) at schedule indices t (B,)."""
+    """Denoising loss of ``net`` on clean latents x0 (B, F, C, h, w) at schedule indices t (B,).
+
+    A residual net (``net.spec.residual``) denoises x0 − ref (``cond["ref"]``); ``x_t`` is then the
+    noisy residual and ``x0_pred`` the frame (ref added back). ``pixel_weight`` (B, F, 1, h, w)
+    weights the squared error per latent pixel (face / lip weighting); ``per_sample`` stays the
+    unweighted MSE.
+    """
+    base = residual_base(net, cond, x0)
+    x0 = x0 - base
     x_t = schedule.add_noise(x0, noise, t)
     out = net(x_t, schedule.model_timestep(t), features=features, **cond)
     pred = out.sample.float()
     target = schedule.target(x0, noise, t)
-    per_sample = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
+    err = (pred - target).pow(2)
+    per_sample = err.flatten(1).mean(1)  # (B,)
+    weighted = per_sample if pixel_weight is None else (err * pixel_weight.to(err.dtype)).flatten(1).mean(1)
     weight = schedule.loss_weight(t, min_snr_gamma)
     return LossOutput(
-        loss=(weight * per_sample).mean(),
+        loss=(weight * weighted).mean(),
         per_sample=per_sample.detach(),
         x_t=x_t,
-        x0_pred=schedule.predict_x0(x_t, pred, t),
+        x0_pred=schedule.predict_x0(x_t, pred, t) + base,
         vq_loss=out.vq_loss,
         features=out.features,
     )
+
+
+MOUTH = slice(48, 68)  # dlib-68 outer + inner lips
+
+
+def _coverage(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+    """Fraction of each of n equal cells of [0, 1] inside [lo, hi]: lo, hi (...,) -> (..., n)."""
+    edges = torch.arange(n + 1, device=lo.device, dtype=lo.dtype) / n
+    left, right = edges[:-1], edges[1:]
+    return ((torch.minimum(hi[..., None], right) - torch.maximum(lo[..., None], left)) * n).clamp(0, 1)
+
+
+def _box_mask(x0, y0, x1, y1, h: int, w: int) -> torch.Tensor:
+    """Area fraction of each latent pixel inside the box (fractions of the side): (...,) -> (..., h, w)."""
+    return _coverage(y0, y1, h)[..., :, None] * _coverage(x0, x1, w)[..., None, :]
+
+
+def face_lip_weights(landmarks: torch.Tensor, h: int, w: int, w_face: float, w_lip: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights from dlib-68 landmarks (Hallo's face / lip masks).
+
+    landmarks (B, F, 68, 2) in fractions of the crop side -> (B, F, 1, h, w): 1 outside the face,
+    ``w_face`` inside the face box (the landmarks' bounding box), ``w_lip`` inside the mouth box
+    (the lips' centre, 1.2 x their width wide and 1.0 x it high); partly covered pixels in
+    proportion to the area covered.
+    """
+    lm = landmarks.float()
+    lo, hi = lm.amin(-2), lm.amax(-2)  # (B, F, 2)
+    face = _box_mask(lo[..., 0], lo[..., 1], hi[..., 0], hi[..., 1], h, w)
+    lips = lm[..., MOUTH, :]
+    centre = (lips.amin(-2) + lips.amax(-2)) / 2
+    width = lips[..., 0].amax(-1) - lips[..., 0].amin(-1)  # (B, F)
+    hx, hy = 0.6 * width, 0.5 * width
+    lip = _box_mask(centre[..., 0] - hx, centre[..., 1] - hy, centre[..., 0] + hx, centre[..., 1] + hy, h, w)
+    face = torch.maximum(face, lip)  # the mouth is face
+    return (1 + (w_face - 1) * face + (w_lip - w_face) * lip)[:, :, None]
 
 
 class KarrasDenoiser(nn.Module):
@@ -180,7 +234,9 @@ class KarrasDenoiser(nn.Module):
         s = _bcast(sigma, x)
         c_in = 1 / (s**2 + 1).sqrt()
         t = self.schedule.model_timestep(self.schedule.sigma_to_t(sigma))
+        base = residual_base(self.net, cond, x)  # a residual net: sample frames, denoise x − ref
+        x = x - base
         out = self.net(x * c_in, t, **cond).sample.to(x.dtype)
         if self.schedule.cfg.prediction_type == "epsilon":
-            return x - s * out
-        return x / (s**2 + 1) - s / (s**2 + 1).sqrt() * out
+            return x - s * out + base
+        return x / (s**2 + 1) - s / (s**2 + 1).sqrt() * out + base

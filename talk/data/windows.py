@@ -10,6 +10,8 @@ reference latent by channel concatenation, motion frames, audio window per frame
   ``2u + 1 - ceil(k/2) .. 2u + k - ceil(k/2)`` (k = 10: 2u-4 .. 2u+5), centred on video frame u's
   own audio frames 2u, 2u+1 (50 Hz; docs/pipeline.md), indices clamped to the clip (edge frames
   repeated)
+- ``landmarks`` (F, 68, 2) float32, only with ``landmarks=True``: the target frames' dlib-68
+  landmarks from the crop folder, in fractions of the crop side (x, y in 0..1)
 - ``emotion`` int (models.emotions.emotion_id, -1 none), ``level`` int (0 none), ``speaker`` int
   (index into the sorted speakers of the whole manifest), ``clip_id`` str, ``frame`` int (t).
 
@@ -57,6 +59,8 @@ class LatentDataset(torch.utils.data.Dataset):
         audio_window: int = 10,
         seed: int = 0,
         vae_identity: str | None = None,
+        landmarks: bool = False,
+        image_size: int = 0,
     ):
         from talk.data.crops import read_manifest
 
@@ -78,6 +82,12 @@ class LatentDataset(torch.utils.data.Dataset):
             raise TalkError(f"{len(missing)} clip(s) missing from the latent cache {cache} (e.g. {missing[0]}); "
                             f"run `talk cache-latents`")
         self.clip_ids: list[str] = list(df["clip_id"])
+        self.crops = Path(crops)
+        self.crop_dirs: list[str] = [str(d or "") for d in df["crop_dir"]]
+        if landmarks and image_size <= 0:
+            raise ValueError("landmarks=True needs the crop side (image_size)")
+        self.with_landmarks, self.image_size = bool(landmarks), int(image_size)
+        self._marks: dict[str, np.ndarray] = {}
         self.n_frames = np.array([int(n) for n in df["n_frames"]], dtype=np.int64)
         short = [c for c, n in zip(self.clip_ids, self.n_frames) if n < self.F]
         if short:
@@ -95,10 +105,12 @@ class LatentDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_model(cls, model, cache: Path | str, audio_features: Path | str, crops: Path | str,
-                   splits: Sequence[str] | str = ("train",), seed: int = 0, vae_identity: str | None = None):
-        """F, M, k from the ``model`` section (target_frames, motion_frames, audio_window)."""
+                   splits: Sequence[str] | str = ("train",), seed: int = 0, vae_identity: str | None = None,
+                   landmarks: bool = False):
+        """F, M, k from the ``model`` section (target_frames, motion_frames, audio_window; image_size
+        for the landmarks)."""
         return cls(cache, audio_features, crops, splits, model.target_frames, model.motion_frames,
-                   model.audio_window, seed, vae_identity)
+                   model.audio_window, seed, vae_identity, landmarks, model.image_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -119,6 +131,25 @@ class LatentDataset(torch.utils.data.Dataset):
             if a.ndim != 3:
                 raise TalkError(f"{path}: expected (2T, L, D) features, got shape {a.shape}")
             self._audio[clip] = a
+        return a
+
+    def _landmarks(self, c: int) -> np.ndarray:
+        """(T, 68, 2) landmarks of clip position c, memory-mapped once per process."""
+        from talk.data.crops import clip_folder
+
+        clip = self.clip_ids[c]
+        if self._audio_pid != os.getpid():
+            self._audio, self._marks, self._audio_pid = {}, {}, os.getpid()
+        a = self._marks.get(clip)
+        if a is None:
+            path = clip_folder(self.crops, self.crop_dirs[c], clip) / "landmarks.npy"
+            if not path.is_file():
+                raise TalkError(f"clip {clip}: {path} not found; re-run `talk crop-align`")
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+            if a.ndim != 3 or a.shape[1:] != (68, 2) or len(a) != int(self.n_frames[c]):
+                raise TalkError(f"{path}: expected ({int(self.n_frames[c])}, 68, 2) landmarks, got {a.shape}; "
+                                f"re-run `talk crop-align`")
+            self._marks[clip] = a
         return a
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -146,7 +177,7 @@ class LatentDataset(torch.utils.data.Dataset):
         check_feature_frames(len(feats), n, f"audio features of clip {clip}")
         idx = audio_window_indices(target, self.k, len(feats))  # (F, k)
         audio = torch.from_numpy(np.asarray(feats[idx.reshape(-1)], dtype=np.float32).reshape(*idx.shape, *feats.shape[1:]))
-        return {
+        item = {
             "ref": z[0],  # (C, h, w)
             "motion": z[1 : 1 + self.M],  # (M, C, h, w)
             "target": z[1 + self.M :],  # (F, C, h, w)
@@ -157,6 +188,9 @@ class LatentDataset(torch.utils.data.Dataset):
             "clip_id": clip,
             "frame": t,
         }
+        if self.with_landmarks:  # (F, 68, 2) in fractions of the crop side
+            item["landmarks"] = torch.from_numpy(np.asarray(self._landmarks(c)[target], dtype=np.float32) / self.image_size)
+        return item
 
 
 class InfiniteSampler(torch.utils.data.Sampler):

@@ -68,6 +68,26 @@ def frame_noise(spec, frames: Sequence[int], seed: int, shared: bool, device):
     return per_sample_noise((len(frames), c, s, s), seeds, device)
 
 
+AUG_SEED = 0x6A09E667  # mixes the render seed into the context-noise seeds
+
+
+def context_aug(spec, sampling, frames: Sequence[int], seed: int, device) -> dict:
+    """The noise-augmented context's conditions for the given frames (a denoiser trained with
+    ``objective.context_aug``; else {}): ``aug`` (n,) the fixed σ ``sampling.context_aug`` and
+    ``aug_noise`` (n, 1+M, C, h, w) unit noise seeded by (render seed, frame), so a render is the
+    same for the same seed whatever the batch."""
+    if not spec.context_aug:
+        return {}
+    import torch
+
+    from talk.models.sampling import per_sample_noise
+
+    c, s, m = spec.latent_channels, spec.latent_size, spec.motion_frames
+    seeds = [(seed * 1_000_003 + t) ^ AUG_SEED for t in frames]
+    noise = per_sample_noise((len(frames), 1 + m, c, s, s), [x % 2**63 for x in seeds], device)
+    return {"aug": torch.full((len(frames),), float(sampling.context_aug), device=device), "aug_noise": noise}
+
+
 def anchor_motion(motion, ref, loop: RenderLoop):
     """Re-anchor the motion context (M, C, h, w) to the reference latent (C, h, w): its per-channel
     mean reset to the reference's (``anchor_colour``), then blended towards it (``anchor``)."""
@@ -121,7 +141,10 @@ def windows(guided, spec, sigmas, ref, feats, n_frames: int, z, style, s: Settin
                 motion = motion[None]  # (1, M, C, h, w)
             noise = frame_noise(spec, idx, loop.seed, loop.shared_noise, device)[None]  # (1, F, C, h, w)
             audio = audio_windows(feats, idx, spec.audio_window)[None]  # (1, F, k, L, D)
-            extra = {"ref": ref_b, "motion": motion, "audio": audio, "emotion": z_b, "style": style_b}
+            extra = {"ref": ref_b, "motion": motion, "audio": audio, "emotion": z_b, "style": style_b,
+                     **context_aug(spec, s.sampling, [a], loop.seed, device)}
+            if spec.residual:  # a residual denoiser starts from the reference + noise
+                noise = noise + ref_b[:, None] / sigmas[0]
             lat = sampling.sample(guided, noise, sigmas, s.sampling.sampler, extra_args=extra, generator=gen)[0, : e - a]
             shared = (plan[wi - 1][1] - a) if wi else 0  # frames the previous window also produced
             if shared > 0:
@@ -154,6 +177,8 @@ def rolling(guided, spec, sigmas, ref, feats, n_frames: int, z, style, s: Settin
         with torch.inference_mode():
             if entered < n_frames:
                 x[entered] = frame_noise(spec, [entered], loop.seed, loop.shared_noise, device)[0] * sigmas[0]
+                if spec.residual:  # a residual denoiser starts from the reference + noise
+                    x[entered] = x[entered] + ref
                 level[entered] = 0
                 entered += 1
             rows = sorted(x)
@@ -167,7 +192,8 @@ def rolling(guided, spec, sigmas, ref, feats, n_frames: int, z, style, s: Settin
             cond = {"ref": ref.expand(b, *ref.shape), "motion": torch.stack(motions) if M else None,
                     "audio": audio_windows(feats, rows, spec.audio_window)[:, None],  # (b, 1, k, L, D)
                     "emotion": z[None].float().expand(b, -1),
-                    "style": style[None].float().expand(b, -1) if style is not None else None}
+                    "style": style[None].float().expand(b, -1) if style is not None else None,
+                    **context_aug(spec, s.sampling, rows, loop.seed, device)}
             xs = torch.stack([x[t] for t in rows])[:, None]  # (b, 1, C, h, w)
             den = guided(xs, sig, guided=[guided.guided_at(level[t]) for t in rows], **cond)
             for j, t in enumerate(rows):

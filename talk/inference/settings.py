@@ -42,6 +42,7 @@ class SamplingConfig:
     guidance_style: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # style guidance scale (used when a style is given)
     guidance_from: float = dataclasses.field(default=0.2, metadata=rng(0.0, 1.0))  # guidance interval: steps whose centre lies in [from, to) run every branch
     guidance_to: float = dataclasses.field(default=0.8, metadata=rng(0.0, 1.0))  # end of the guidance interval (fractions of the steps)
+    context_aug: float = dataclasses.field(default=0.1, metadata=rng(0.0))  # σ of the noise on the reference + motion latents (the model's own previous frames) of a denoiser trained with objective.context_aug; ignored by others
 
     def validate(self) -> None:
         if self.guidance_from > self.guidance_to:

@@ -51,6 +51,16 @@ class ObjectiveConfig:
     drop_style: float = dataclasses.field(default=0.1, metadata=rng(0.0, 1.0))  # P(style tokens -> learned null tokens)
     vq_weight: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the Emotion Bank's VQ loss
     sample_embeddings: bool = True  # z ~ N(mu, σ²) of the clip per sample (false: z = mu)
+    # issue 14 levers (benchmarks/ablation.py rows); the defaults leave the objective as it was
+    context_aug: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # max σ of the noise on the reference + motion latents, σ ~ U(0, max) per sample, told to the UNet (SVD / Hallo); 0 = off; render: sampling.context_aug
+    w_face: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # loss weight of latent pixels in the face box (dlib-68 landmarks of the crops; Hallo's face mask); 1 = unweighted
+    w_lip: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # loss weight of latent pixels in the mouth box (Hallo's lip mask); 1 = unweighted
+    residual: bool = False  # denoise the change from the reference latent (target − ref) instead of the frame
+
+    @property
+    def weighted(self) -> bool:
+        """The loss is face / lip weighted (the data then carries landmarks)."""
+        return self.w_face != 1.0 or self.w_lip != 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +89,9 @@ class TrainDiffusionConfig:
 # The spec
 
 
-def make_spec(model_params, shapes: dict, bank_cfg, style_dim: int) -> DenoiserSpec:
-    """The denoiser's spec from ``params.model`` and the data's shapes (read from a sample)."""
+def make_spec(model_params, shapes: dict, bank_cfg, style_dim: int, objective: ObjectiveConfig | None = None) -> DenoiserSpec:
+    """The denoiser's spec from ``params.model``, the data's shapes (read from a sample) and the
+    objective's architecture levers (context noise embedding, residual target)."""
     from talk.models.denoiser import DenoiserSpec
 
     c, h, w = shapes["ref"]
@@ -114,6 +125,8 @@ def make_spec(model_params, shapes: dict, bank_cfg, style_dim: int) -> DenoiserS
         emotion_tokens=bank_cfg.n_tokens,
         emotion_token_dim=bank_cfg.token_dim,
         style_dim=style_dim if cond.style_tokens else 0,
+        context_aug=bool(objective is not None and objective.context_aug > 0),
+        residual=bool(objective is not None and objective.residual),
     )
 
 
@@ -141,8 +154,13 @@ class Objective:
         emotion = self.embeddings.draw(batch["clip_id"], "emotion", g, device, cfg.sample_embeddings)
         style = self.embeddings.draw(batch["clip_id"], "style", g, device, cfg.sample_embeddings) if self.style else None
         motion = batch.get("motion")
-        return dict(ref=batch["ref"], motion=motion if motion is not None and motion.shape[1] else None,
-                    audio=batch["audio"], emotion=emotion, style=style, keep=keep)
+        motion = motion if motion is not None and motion.shape[1] else None
+        cond = dict(ref=batch["ref"], motion=motion, audio=batch["audio"], emotion=emotion, style=style, keep=keep)
+        if cfg.context_aug > 0:  # noise-augmented context: σ ~ U(0, max) per sample (0 when not dropping: validation, previews)
+            ctx = batch["ref"][:, None] if motion is None else torch.cat([batch["ref"][:, None], motion], dim=1)
+            cond["aug"] = torch.rand(b, generator=g, device=device) * cfg.context_aug if drop else ctx.new_zeros(b)
+            cond["aug_noise"] = torch.randn(ctx.shape, generator=g, device=device)
+        return cond
 
     def __call__(self, model, batch: dict, g, step: int) -> StepResult:
         import torch
@@ -154,7 +172,12 @@ class Objective:
         t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=g, device=device)
         noise = sample_noise(x0.shape, g, device, self.cfg.noise_offset)
         cond = self.conditions(batch, g, device)
-        out = training_loss(model, self.schedule, x0, noise, t, cond, self.cfg.min_snr_gamma)
+        weights = None
+        if self.cfg.weighted:  # face / lip weighted loss (the data carries the target frames' landmarks)
+            from talk.models.diffusion import face_lip_weights
+
+            weights = face_lip_weights(batch["landmarks"], x0.shape[-2], x0.shape[-1], self.cfg.w_face, self.cfg.w_lip)
+        out = training_loss(model, self.schedule, x0, noise, t, cond, self.cfg.min_snr_gamma, pixel_weight=weights)
         loss = out.loss + self.cfg.vq_weight * out.vq_loss
         return StepResult(loss, {"loss": out.loss.detach(), "vq_loss": out.vq_loss.detach()})  # read back by the trainer
 
@@ -222,6 +245,10 @@ def sample_latents(model: TalkDenoiser, batch: dict, objective: Objective, sampl
     seeds = [step_seed(seed, i, 0, "preview-noise") % 2**31 for i in range(x0.shape[0])]
     noise = per_sample_noise(x0.shape, seeds, device)
     sigmas = get_sigmas(schedule, sampling.steps, sampling.sigmas, device=device)
+    if "aug" in cond:  # noise-augmented context: the render's σ
+        cond["aug"] = torch.full_like(cond["aug"], sampling.context_aug)
+    if model.spec.residual:  # start from the reference + noise (sample() multiplies by σ_max)
+        noise = noise + batch["ref"][:, None] / sigmas[0]
     denoiser = guided_denoiser(KarrasDenoiser(model, schedule), sampling, objective.style)
     model.eval()
     with torch.no_grad():
@@ -287,8 +314,9 @@ class Previewer:
 # Data
 
 
-def open_split(paths, params, split: str):
-    """The latent window dataset of one split (talk/data/windows.py), or None when the split is empty.
+def open_split(paths, params, split: str, landmarks: bool = False):
+    """The latent window dataset of one split (talk/data/windows.py), or None when the split is empty;
+    ``landmarks``: items carry the target frames' landmarks (the face / lip weighted loss).
 
     The cache must have been made with the VAE in ``paths.vae`` (identity checked).
     """
@@ -299,15 +327,15 @@ def open_split(paths, params, split: str):
     if split not in set(read_manifest(Path(paths.crops))["split"]):
         return None
     return LatentDataset.from_model(params.model, paths.latents, paths.audio_features, paths.crops, splits=(split,),
-                                    seed=params.base.seed, vae_identity=vae_identity(paths.vae))
+                                    seed=params.base.seed, vae_identity=vae_identity(paths.vae), landmarks=landmarks)
 
 
-def open_splits(paths, params, stage: str):
+def open_splits(paths, params, stage: str, landmarks: bool = False):
     """(train set, val set, val split name): the train split stands in for a missing val split."""
-    train_set = open_split(paths, params, "train")
+    train_set = open_split(paths, params, "train", landmarks)
     if train_set is None or len(train_set) == 0:
         raise TalkError(f"no train clips in {Path(paths.crops) / 'manifest.csv'}")
-    val_set = open_split(paths, params, "val")
+    val_set = open_split(paths, params, "val", landmarks)
     if val_set is None or len(val_set) == 0:
         runtime.log.warning("%s: no val clips; validation figures and previews use the train split", stage)
         return train_set, train_set, "train"
@@ -487,8 +515,8 @@ def run_stage(params, cfg: TrainDiffusionConfig, write_settings) -> dict:
     prior = load_prior(paths.prior)
     bank = copy.deepcopy(prior.bank).train()
     embeddings = load_embeddings(paths.prior, bank.cfg.emb_dim, "train_diffusion")
-    train_set, val_set, val_split = open_splits(paths, params, "train_diffusion")
-    spec = make_spec(params.model, shapes_of(train_set[0]), bank.cfg, embeddings.style_dim)
+    train_set, val_set, val_split = open_splits(paths, params, "train_diffusion", landmarks=cfg.objective.weighted)
+    spec = make_spec(params.model, shapes_of(train_set[0]), bank.cfg, embeddings.style_dim, cfg.objective)
     return train(cfg, spec, bank, embeddings, train_set, val_set, lambda d: make_sampler(d, seed), seed,
                  paths.diffusion, paths.diffusion_train, params.base.device, decoder_path=Path(paths.vae),
                  on_export=write_settings, val_split=val_split)
