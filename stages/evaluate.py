@@ -7,7 +7,8 @@ real clips: the ceiling) and ``floor`` (the reference frame repeated). A model t
 the floor on lip sync or emotion accuracy is reported as a finding (talk/evaluation/).
 
 Inputs: ``paths.crops`` (crop_align), the trained artefacts the model row loads (``render``
-section), ``paths.prior``/embeddings.png when present. Outputs (``paths.evaluate``): metrics.json
+section), ``paths.prior``/embeddings.png when present, ``paths.sync`` (train_sync's lip-sync
+expert, for Sync-C / Sync-D (talk expert), with ``paths.audio_features``) when present. Outputs (``paths.evaluate``): metrics.json
 (per row), notes.json, per_clip.csv, plots/ (confusion matrices and the lip-sync lag curve, CSV +
 PNG), report.html (self-contained), params.yaml.
 """
@@ -23,6 +24,19 @@ from talk.evaluation.clips import RenderFn, select
 from talk.evaluation.config import Config
 
 __all__ = ["Config", "run"]
+
+
+def sync_expert(params, cfg: Config):
+    """train_sync's expert as the Sync-C / Sync-D (talk expert) metric; None (noted) without one."""
+    from talk.artifacts import sync
+
+    if not sync.exists(params.paths.sync):
+        log.info("evaluate: no lip-sync expert in %s (run `talk train-sync`); Sync-C / Sync-D (talk expert) skipped",
+                 params.paths.sync)
+        return None
+    from talk.evaluation.metrics.syncnet import SyncExpertMetric
+
+    return SyncExpertMetric(params.paths.sync, params.paths.audio_features, cfg.sync_max_offset)
 
 
 def run(params, render_fn: RenderFn | None = None) -> dict:
@@ -43,7 +57,7 @@ def run(params, render_fn: RenderFn | None = None) -> dict:
         log.info("evaluate: no prior embedding plot at %s; the report leaves it out", prior_plot)
         prior_plot = None
 
-    scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights)
+    scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights, sync_expert(params, cfg))
     rows = results.aggregate(scored.clips, scored.scores, scored.extras)
     notes = results.notes(cfg, df, scored, rows)
     for f in notes["findings"]:

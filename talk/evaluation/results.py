@@ -39,6 +39,10 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "fer_closed_frames": ("closed-mouth frames", "info", "frames counted by the row above"),
     "csim_dlib128": ("CSIM (dlib-128)", "up", "cosine of dlib descriptors: generated frames vs the reference frame"),
     "face_rate": ("face found", "up", "fraction of frames where dlib's HOG detector finds a face"),
+    "sync_c_talk": ("Sync-C (talk expert)", "up", "train_sync's expert, SyncNet's protocol: median minus minimum of the distance-vs-offset curve; not SyncNet's numbers"),
+    "sync_d_talk": ("Sync-D (talk expert)", "down", "train_sync's expert: mean window distance at the best offset"),
+    "sync_d0_talk": ("Sync-D at offset 0 (talk expert)", "down", "train_sync's expert: mean window distance at offset 0"),
+    "sync_offset_talk": ("sync offset (talk expert, frames)", "zero", "offset of the minimum of the mean distance curve; positive = mouth lags sound"),
     "sync_c": ("Sync-C (SyncNet)", "up", "SyncNet confidence (syncnet_python protocol)"),
     "sync_d": ("Sync-D (SyncNet)", "down", "SyncNet distance at the best offset"),
     "fid_inception": ("FID (Inception)", "down", "Inception pool3 Fréchet distance (user-supplied TorchScript)"),
@@ -97,7 +101,7 @@ def findings(rows: dict) -> list[str]:
     """Flag a model row that does not beat the floor on lip sync or emotion accuracy."""
     model, floor, real = rows["model"], rows["floor"], rows["real"]
     out = []
-    for key in ("sync_corr", "sync_c", "emo_acc_clf", "emo_acc_fer"):
+    for key in ("sync_corr", "sync_c", "sync_c_talk", "emo_acc_clf", "emo_acc_fer"):
         if key not in model:
             continue
         a, b = model[key], floor[key]
@@ -146,7 +150,8 @@ def notes(cfg: Config, df: pd.DataFrame, scored: Scored, rows: dict) -> dict:
             "sync_corr": "inner-lip gap / inter-ocular distance vs 40 ms RMS loudness in dB (floor -60 dB)",
             "emo_acc_fer": "FER 7-class (fer package .tflite); contempt has no FER class and is excluded",
         },
-        "skipped": skipped_notes(cfg),
+        "skipped": skipped_notes(cfg) + ([] if "sync_expert" in scored.extras else [
+            "Sync-C / Sync-D (talk expert) skipped: no lip-sync expert in paths.sync (run `talk train-sync`)"]),
         "ceiling_note": "the real row scores the real clips against themselves: PSNR/SSIM/LMD/FID are trivially "
                         "perfect there; its lip sync, emotion accuracy and CSIM are the ceiling",
         "floor_note": "the floor repeats the reference frame: its CSIM is trivially high and its mouth never moves",

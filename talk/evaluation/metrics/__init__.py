@@ -9,6 +9,7 @@ float32 audio. Feature spaces are named in the metric names (``fid_dlib128``): t
 - ``distribution``: Fréchet distance, clip-level features (FID / FVD style), CSIM.
 - ``landmarks``: M-LMD / F-LMD.
 - ``sync``: mouth opening vs loudness correlation and best offset (lip sync without SyncNet).
+- ``syncnet``: Sync-C / Sync-D analogues with train_sync's own lip-sync expert (talk expert).
 - ``external``: paper-style metrics from user-supplied weights: SyncNet Sync-C / Sync-D,
   Inception FID, ArcFace CSIM.
 """
