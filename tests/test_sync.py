@@ -198,3 +198,50 @@ def test_sync_loss_reaches_the_predicted_latents_and_checks_the_window(tmp_path)
         SyncLoss(tmp_path / "sync", vae, target_frames=1, audio_window=10, device="cpu")
     with pytest.raises(TalkError, match="audio_window"):
         SyncLoss(tmp_path / "sync", vae, target_frames=4, audio_window=8, device="cpu")
+
+
+def test_evaluate_scores_every_row_with_the_expert(tmp_path):
+    """evaluate with an expert in paths.sync: Sync-C / Sync-D (talk expert) in every row, per clip."""
+    import pandas as pd
+
+    from eval_fixture import make_crops, make_params
+    from talk.artifacts.sync import save_expert
+    from talk.evaluation.clips import repeat_reference
+    from talk.stages import evaluate
+
+    crops = make_crops(tmp_path / "crops", n_train=6, n_test=12)
+    feats = tmp_path / "audio_features"
+    feats.mkdir()
+    g = np.random.default_rng(0)
+    for row in pd.read_csv(crops / "manifest.csv").itertuples():
+        np.save(feats / f"{row.clip_id}.npy", g.normal(0, 1, (2 * row.n_frames, 2, 8)).astype(np.float16))
+    torch.manual_seed(0)
+    (tmp_path / "sync").mkdir()
+    save_expert(SyncExpert(tiny(mouth_size=32)), tmp_path / "sync", {})
+    params = make_params(crops, tmp_path / "evaluate", max_clips=2, judge_frames_per_clip=2, sync_max_offset=2)
+    paths = dataclasses.replace(params.paths, sync=tmp_path / "sync", audio_features=feats)
+    params = P.Params(source=params.source, sections=types.MappingProxyType({**params.sections, "paths": paths}))
+    rows = evaluate.run(params, render_fn=repeat_reference)
+    for row in ("model", "real", "floor"):
+        assert {"sync_c_talk", "sync_d_talk", "sync_d0_talk", "sync_offset_talk"} <= set(rows[row]), row
+        assert np.isfinite(rows[row]["sync_c_talk"])
+    table = pd.read_csv(tmp_path / "evaluate" / "per_clip.csv")
+    assert table["sync_c_talk"].notna().all()
+    notes = json.loads((tmp_path / "evaluate" / "notes.json").read_text())
+    assert not any("talk expert" in n for n in notes["skipped"])
+
+
+def test_windows_repeat_the_real_videos_and_draw_negatives_by_item(trained):
+    from talk.training.sync import SyncWindows, read_clips
+
+    cfg = trained.params.train_sync
+    clips = read_clips(trained.crops, trained.feats, "train", cfg, 0)
+    clips[0] = dataclasses.replace(clips[0], subset="wild")
+    once, twice = SyncWindows(clips, cfg, 0), SyncWindows(clips, cfg, 0, wild_repeat=3)
+    per_clip = 40 - 2 * (cfg.model.frames // 2)
+    assert len(twice) == len(once) + 2 * per_clip
+    assert twice.locate(per_clip) == twice.locate(0) == (0, cfg.model.frames // 2)
+    a, b = once[(1, 7)], once[(1, 7)]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(once[(2, 7)]["shifted"], a["shifted"]) or not torch.equal(once[(2, 7)]["other"], a["other"])
+    assert torch.equal(a["audio"], once[(2, 7)]["audio"])  # the positive is the item's own window

@@ -53,6 +53,7 @@ class TrainSyncConfig:
     min_shift: int = dataclasses.field(default=5, metadata=rng(1))  # frames: a shifted negative is at least this far from the positive
     max_shift: int = dataclasses.field(default=25, metadata=rng(1))  # frames: and at most this far
     max_clips: int = dataclasses.field(default=0, metadata=rng(0))  # training clips read (seeded subset; 0 = all)
+    wild_repeat: int = dataclasses.field(default=4, metadata=rng(1))  # the real talking videos' windows (subset wild: the true lip motion) count this many times per epoch
     val_windows: int = dataclasses.field(default=512, metadata=rng(0))  # val windows scored for the pair accuracy (evenly spread)
     max_offset: int = dataclasses.field(default=5, metadata=rng(1))  # frames: +- offset search of the Sync-C / Sync-D analogues
     eval_shift: int = dataclasses.field(default=15, metadata=rng(1))  # frames: audio shift of the "shifted" control in metrics.json
@@ -75,6 +76,7 @@ class SyncClip:
 
     clip_id: str
     speaker: str
+    subset: str  # the manifest's subset: mead (synthetic: the mouth follows loudness) or wild (real videos)
     mouths: np.ndarray  # (T, 3, h, 2h) uint8
     audio: np.ndarray  # (2T', L, D) float16 Whisper states (T' ~ T)
 
@@ -99,7 +101,7 @@ def read_clip(crops: Path, audio_features: Path, row, mouth_size: int) -> SyncCl
     with torch.no_grad():
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
         m = mouth_crops(x, mouth_size).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return SyncClip(str(row.clip_id), str(row.speaker), m, audio.astype(np.float16))
+    return SyncClip(str(row.clip_id), str(row.speaker), str(getattr(row, "subset", "") or ""), m, audio.astype(np.float16))
 
 
 def read_clips(crops: Path, audio_features: Path, split: str, cfg: TrainSyncConfig, seed: int,
@@ -130,20 +132,22 @@ class SyncWindows:
     seeded by (seed, epoch, i), so items do not depend on order, batch size or resumption
     (``InfiniteSampler``'s (epoch, index) pairs are accepted as well as plain indices)."""
 
-    def __init__(self, clips: list[SyncClip], cfg: TrainSyncConfig, seed: int):
+    def __init__(self, clips: list[SyncClip], cfg: TrainSyncConfig, seed: int, wild_repeat: int = 1):
         if not clips:
             raise TalkError("train_sync: no clips with enough frames for one window")
         self.clips, self.cfg, self.seed = clips, cfg, int(seed)
         self.half = cfg.model.frames // 2
-        counts = [max(0, len(c.mouths) - 2 * self.half) for c in clips]
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.counts = np.array([max(0, len(c.mouths) - 2 * self.half) for c in clips])
+        repeats = [wild_repeat if c.subset == "wild" else 1 for c in clips]
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts * repeats)])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def locate(self, index: int) -> tuple[int, int]:
+        """Item -> (clip position, centre frame); a repeated clip's windows come round again."""
         c = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return c, int(index - self.offsets[c]) + self.half
+        return c, int((index - self.offsets[c]) % self.counts[c]) + self.half
 
     def __getitem__(self, item) -> dict:
         import torch
@@ -266,7 +270,7 @@ def train(cfg: TrainSyncConfig, train_clips: list[SyncClip], val_clips: list[Syn
     run_config = {"stage": {k: v for k, v in to_plain(cfg).items() if k not in ("loop", "val_windows", "eval_shift")},
                   "clips": [c.clip_id for c in train_clips]}
     trainer = Trainer(cfg.loop, model, Path(out) / "checkpoints", run_config, seed, device, name="sync", stage="train-sync")
-    windows = SyncWindows(train_clips, cfg, seed)
+    windows = SyncWindows(train_clips, cfg, seed, cfg.wild_repeat)
     runtime.log.info("train_sync: %d train clips, %d windows, %.2fM parameters, steps %d→%d", len(train_clips),
                      len(windows), sum(p.numel() for p in model.parameters()) / 1e6, trainer.step, cfg.loop.steps)
     timing = trainer.fit(trainer.batches(windows, lambda start: InfiniteSampler(windows, seed=seed, start_idx=start), collate=collate), SyncObjective(),
@@ -281,6 +285,11 @@ def train(cfg: TrainSyncConfig, train_clips: list[SyncClip], val_clips: list[Syn
         metrics["val"] = pair_accuracy(expert.cpu(), SyncWindows(val_clips, cfg, seed), cfg.val_windows)
         metrics["val"]["clips"] = len(val_clips)
         metrics["val_sync"] = sync_control(expert, val_clips, cfg.max_offset, cfg.eval_shift)
+        wild = [c for c in val_clips if c.subset == "wild"]
+        if wild:  # the real talking videos alone: the true lip motion
+            metrics["val_wild"] = pair_accuracy(expert, SyncWindows(wild, cfg, seed), cfg.val_windows)
+            metrics["val_wild"]["clips"] = len(wild)
+            metrics["val_wild_sync"] = sync_control(expert, wild, cfg.max_offset, cfg.eval_shift)
     else:
         runtime.log.warning("train_sync: no val clips; metrics.json has no val figures")
     if trainer.is_main:
@@ -316,8 +325,14 @@ def summary(metrics: dict):
         table.add_row(key, str(metrics.get(key)))
     for key, v in metrics.get("val", {}).items():
         table.add_row(f"val {key}", str(v))
-    for name, d in metrics.get("val_sync", {}).items():
-        table.add_row(f"val {name}: Sync-C / Sync-D (talk expert)", f"{d['sync_c']} / {d['sync_d']} (|offset| {d['abs_offset']})")
+    for key in ("val_wild",):
+        for k in ("accuracy", "rank_shift", "clips"):
+            if k in metrics.get(key, {}):
+                table.add_row(f"{key} {k}", str(metrics[key][k]))
+    for key in ("val_sync", "val_wild_sync"):
+        for name, d in metrics.get(key, {}).items():
+            table.add_row(f"{key} {name}: Sync-C / Sync-D (talk expert)",
+                          f"{d['sync_c']} / {d['sync_d']} (|offset| {d['abs_offset']})")
     return table
 
 
