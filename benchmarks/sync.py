@@ -13,7 +13,14 @@ Workloads, each in its own child process (own peak RSS), on the default profile'
 
 Prints each median step time, its ratio to the baseline, and peak RSS.
 
+``--score SPLIT``: instead, the trained expert (``paths.sync``) on the real clips of SPLIT
+(``paths.crops``, ``paths.audio_features``, first ``evaluate.max_frames`` frames as evaluate
+scores them, ``evaluate.sync_max_offset``): Sync-C / Sync-D (talk expert) of the clips in sync,
+with their audio delayed by ``train_sync.eval_shift`` frames, and of the floor (the first frame
+repeated), each with its ratio to the in-sync row, for the MEAD-layout and the wild clips apart.
+
     .venv/bin/python benchmarks/sync.py [--threads 2] [--steps 5]
+    .venv/bin/python benchmarks/sync.py --score test
 """
 
 from __future__ import annotations
@@ -113,12 +120,57 @@ def child(workload: str, threads: int, steps: int) -> dict:
             "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "threads": threads}
 
 
+def score(split: str, threads: int) -> None:
+    import numpy as np
+    import torch
+
+    from talk.core import params as P
+    from talk.data.crops import clip_file, read_manifest
+    from talk.evaluation.metrics.syncnet import SyncExpertMetric
+    from talk.media.io import read_video
+
+    torch.set_num_threads(threads)
+    params = P.load(ROOT / "params.yaml")
+    paths, ev, shift = params.paths, params.evaluate, params.train_sync.eval_shift
+    t0 = time.perf_counter()
+    metric = SyncExpertMetric(paths.sync, paths.audio_features, ev.sync_max_offset)
+    df = read_manifest(paths.crops)
+    rows: dict = {}
+    for row in df[df["split"] == split].itertuples():
+        frames = read_video(clip_file(paths.crops, row, "frames.mp4"))
+        if ev.max_frames:
+            frames = frames[: ev.max_frames]
+        n = len(frames)
+        audio = metric.audio(row.clip_id, n)
+        group = rows.setdefault(row.subset, {"in sync": [], f"audio +{shift} frames": [], "floor (frame 0 repeated)": []})
+        group["in sync"].append(metric.scores(frames, audio))
+        group[f"audio +{shift} frames"].append(metric.scores(frames[shift:], audio[: 2 * (n - shift)]))
+        group["floor (frame 0 repeated)"].append(metric.scores(np.repeat(frames[:1], n, 0), audio))
+    print(f"expert {paths.sync}, split {split}, +-{ev.sync_max_offset} frames, {ev.max_frames or 'all'} frames per clip; "
+          f"{time.perf_counter() - t0:.1f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"{'clips':<8} {'row':<26} {'n':>4} {'Sync-C':>8} {'x in sync':>9} {'Sync-D':>8} {'x in sync':>9} {'D at 0':>8} {'|offset|':>8}")
+    for subset, group in rows.items():
+        base = None
+        for name, scores in group.items():
+            c = float(np.nanmean([s["sync_c"] for s in scores]))
+            d = float(np.nanmean([s["sync_d"] for s in scores]))
+            d0 = float(np.nanmean([s["d0"] for s in scores]))
+            off = float(np.nanmean([abs(s["offset"]) for s in scores]))
+            base = base or (c, d)
+            print(f"{subset:<8} {name:<26} {len(scores):>4} {c:>8.4f} {c / base[0]:>9.2f} {d:>8.4f} {d / base[1]:>9.2f} "
+                  f"{d0:>8.4f} {off:>8.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    ap.add_argument("--score", default=None, metavar="SPLIT", help="score the trained expert on SPLIT's real clips")
     ap.add_argument("--child", choices=WORKLOADS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.score:
+        score(args.score, args.threads)
+        return
     if args.child:
         print(json.dumps(child(args.child, args.threads, args.steps)))
         return

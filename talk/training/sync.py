@@ -52,6 +52,7 @@ class TrainSyncConfig:
     model: SyncExpertConfig = dataclasses.field(default_factory=SyncExpertConfig)  # the expert's sizes
     min_shift: int = dataclasses.field(default=5, metadata=rng(1))  # frames: a shifted negative is at least this far from the positive
     max_shift: int = dataclasses.field(default=25, metadata=rng(1))  # frames: and at most this far
+    other_share: float = dataclasses.field(default=0.5, metadata=rng(0.0, 1.0))  # share of the negatives' weight on other clips' audio (the rest: the same clip shifted, Wav2Lip's only negative)
     max_clips: int = dataclasses.field(default=0, metadata=rng(0))  # training clips read (seeded subset; 0 = all)
     wild_repeat: int = dataclasses.field(default=4, metadata=rng(1))  # the real talking videos' windows (subset wild: the true lip motion) count this many times per epoch
     val_windows: int = dataclasses.field(default=512, metadata=rng(0))  # val windows scored for the pair accuracy (evenly spread)
@@ -184,20 +185,25 @@ def pair_logits(model, batch: dict) -> dict[str, torch.Tensor]:
     return {name: model.logit(v, model.embed_audio(batch[name])) for name in ("audio", "shifted", "other")}
 
 
-def pair_loss(logits: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE with the positive weighing as much as both negatives together; the pair accuracy."""
+def pair_loss(logits: dict[str, torch.Tensor], other_share: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE with the positive weighing as much as both negatives together (``other_share`` of that
+    on the other clip's audio); the pair accuracy."""
     import torch
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     pos, shifted, other = logits["audio"], logits["shifted"], logits["other"]
-    loss = bce(pos, torch.ones_like(pos)) + 0.5 * (bce(shifted, torch.zeros_like(shifted)) + bce(other, torch.zeros_like(other)))
+    loss = (bce(pos, torch.ones_like(pos)) + (1 - other_share) * bce(shifted, torch.zeros_like(shifted))
+            + other_share * bce(other, torch.zeros_like(other)))
     acc = 0.5 * (pos > 0).float().mean() + 0.25 * ((shifted < 0).float().mean() + (other < 0).float().mean())
     return loss, {"loss": loss.item(), "acc": acc.item(), "rank_shift": (pos > shifted).float().mean().item()}
 
 
+@dataclasses.dataclass
 class SyncObjective:
+    other_share: float = 0.5  # TrainSyncConfig.other_share
+
     def __call__(self, model, batch: dict, g, step: int) -> StepResult:
-        loss, logs = pair_loss(pair_logits(model, batch))
+        loss, logs = pair_loss(pair_logits(model, batch), self.other_share)
         return StepResult(loss, logs)
 
 
@@ -273,7 +279,7 @@ def train(cfg: TrainSyncConfig, train_clips: list[SyncClip], val_clips: list[Syn
     windows = SyncWindows(train_clips, cfg, seed, cfg.wild_repeat)
     runtime.log.info("train_sync: %d train clips, %d windows, %.2fM parameters, steps %d→%d", len(train_clips),
                      len(windows), sum(p.numel() for p in model.parameters()) / 1e6, trainer.step, cfg.loop.steps)
-    timing = trainer.fit(trainer.batches(windows, lambda start: InfiniteSampler(windows, seed=seed, start_idx=start), collate=collate), SyncObjective(),
+    timing = trainer.fit(trainer.batches(windows, lambda start: InfiniteSampler(windows, seed=seed, start_idx=start), collate=collate), SyncObjective(cfg.other_share),
                          description="train_sync")
     expert = trainer.final_model.eval()
     metrics: dict[str, Any] = {"steps": trainer.step, **timing, "train_clips": len(train_clips),
