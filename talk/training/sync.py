@@ -6,7 +6,9 @@ very window the denoiser is conditioned on for frame u) are embedded by ``models
 SyncExpert``; a sigmoid of their scaled cosine says "in sync". Each training item is one mouth
 window with three audio windows: its own (positive), the same clip's shifted by ``min_shift`` ..
 ``max_shift`` frames either way (negative: the lips of the right speaker at the wrong time), and
-another clip's (negative). Binary cross-entropy, the positive weighing as much as both negatives.
+another clip's (negative). Binary cross-entropy, the positive weighing as much as both negatives,
+``other_share`` of that on the other clip's audio (default 0: on the pipeline's clips, other-clip
+negatives taught the expert to tell clips apart, not sync; docs/findings.md).
 
 Audio: Whisper states rather than a mel window because (1) audio_features already caches them
 for every clip (nothing new to decode or store), (2) a train_diffusion batch carries exactly this
@@ -52,7 +54,7 @@ class TrainSyncConfig:
     model: SyncExpertConfig = dataclasses.field(default_factory=SyncExpertConfig)  # the expert's sizes
     min_shift: int = dataclasses.field(default=5, metadata=rng(1))  # frames: a shifted negative is at least this far from the positive
     max_shift: int = dataclasses.field(default=25, metadata=rng(1))  # frames: and at most this far
-    other_share: float = dataclasses.field(default=0.5, metadata=rng(0.0, 1.0))  # share of the negatives' weight on other clips' audio (the rest: the same clip shifted, Wav2Lip's only negative)
+    other_share: float = dataclasses.field(default=0.0, metadata=rng(0.0, 1.0))  # share of the negatives' weight on other clips' audio (the rest: the same clip shifted, Wav2Lip's only negative)
     max_clips: int = dataclasses.field(default=0, metadata=rng(0))  # training clips read (seeded subset; 0 = all)
     wild_repeat: int = dataclasses.field(default=4, metadata=rng(1))  # the real talking videos' windows (subset wild: the true lip motion) count this many times per epoch
     val_windows: int = dataclasses.field(default=512, metadata=rng(0))  # val windows scored for the pair accuracy (evenly spread)
@@ -200,7 +202,7 @@ def pair_loss(logits: dict[str, torch.Tensor], other_share: float = 0.5) -> tupl
 
 @dataclasses.dataclass
 class SyncObjective:
-    other_share: float = 0.5  # TrainSyncConfig.other_share
+    other_share: float = 0.0  # TrainSyncConfig.other_share
 
     def __call__(self, model, batch: dict, g, step: int) -> StepResult:
         loss, logs = pair_loss(pair_logits(model, batch), self.other_share)
