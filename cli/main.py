@@ -21,6 +21,7 @@ from talk.cli.sample_data import sample_data
 from talk.cli.serve import serve
 from talk.cli.train import train
 from talk.cli.train_diffusion import train_diffusion
+from talk.cli.train_sync import train_sync
 
 app = typer.Typer(
     name="talk",
@@ -47,6 +48,7 @@ app.command("preprocess")(preprocess)
 app.command("pretrain-prior")(pretrain_prior)
 app.command("train-diffusion")(train_diffusion)
 app.command("finetune-disc")(finetune_disc)
+app.command("train-sync")(train_sync)
 app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("render")(render)

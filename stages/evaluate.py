@@ -10,7 +10,8 @@ identity / sharpness / colour drift scored (model row only). A model that does n
 the floor on lip sync or emotion accuracy is reported as a finding (talk/evaluation/).
 
 Inputs: ``paths.crops`` (crop_align), the trained artefacts the model row loads (``render``
-section), ``paths.prior``/embeddings.png when present. Outputs (``paths.evaluate``): metrics.json
+section), ``paths.prior``/embeddings.png when present, ``paths.sync`` (train_sync's lip-sync
+expert, for Sync-C / Sync-D (talk expert), with ``paths.audio_features``) when present. Outputs (``paths.evaluate``): metrics.json
 (per row), notes.json, per_clip.csv, plots/ (confusion matrices and the lip-sync lag curve, CSV +
 PNG; the long render's identity curve, CSV), report.html (self-contained), params.yaml.
 """
@@ -26,6 +27,19 @@ from talk.evaluation.clips import RenderFn, select
 from talk.evaluation.config import Config
 
 __all__ = ["Config", "run"]
+
+
+def sync_expert(params, cfg: Config):
+    """train_sync's expert as the Sync-C / Sync-D (talk expert) metric; None (noted) without one."""
+    from talk.artifacts import sync
+
+    if not sync.exists(params.paths.sync):
+        log.info("evaluate: no lip-sync expert in %s (run `talk train-sync`); Sync-C / Sync-D (talk expert) skipped",
+                 params.paths.sync)
+        return None
+    from talk.evaluation.metrics.syncnet import SyncExpertMetric
+
+    return SyncExpertMetric(params.paths.sync, params.paths.audio_features, cfg.sync_max_offset)
 
 
 def run(params, render_fn: RenderFn | None = None) -> dict:
@@ -50,7 +64,8 @@ def run(params, render_fn: RenderFn | None = None) -> dict:
 
     vae_strip = params.paths.vae / "roundtrip.png"
     vae_strip = vae_strip if vae_strip.is_file() else None
-    scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights, params.paths.vae)
+    scored = scoring.score_clips(cfg, crops, df, chosen, render_fn, params.paths.weights, params.paths.vae,
+                                 sync_expert(params, cfg))
     rows = results.aggregate(scored.clips, scored.scores, scored.extras, scored.long)
     notes = results.notes(cfg, df, scored, rows)
     for f in notes["findings"]:

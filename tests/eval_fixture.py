@@ -129,7 +129,7 @@ def make_params(crops: Path, out: Path, prior: Path | None = None, vae: Path | N
 
     missing = out.parent / "no-artefacts"  # the model row needs trained artefacts; tests pass render_fn
     paths = P.Paths(crops=crops, evaluate=out, vae=vae or missing / "vae", prior=prior or missing / "prior",
-                    finetune_disc=missing / "finetune_disc", diffusion=missing / "diffusion")
+                    finetune_disc=missing / "finetune_disc", diffusion=missing / "diffusion", sync=missing / "sync")
     sections = {"base": P.Base(), "paths": paths, "model": P.Model(), "evaluate": Config(**kw), "render": render.Config()}
     return P.Params(source=Path("test-params.yaml"), sections=types.MappingProxyType(sections))
 

@@ -298,6 +298,7 @@ class Paths:
     finetune_disc_train: Path = Path("artifacts/finetune_disc_train")  # finetune_disc: checkpoints/, live/, metrics.json
     evaluate: Path = Path("artifacts/evaluate")  # evaluate: metrics.json, per_clip.csv, plots/, report.html
     render: Path = Path("artifacts/render")  # render: the demo videos and contact sheet
+    sync: Path = Path("artifacts/sync")  # train_sync: the lip-sync expert (config.json, model.safetensors), metrics.json, checkpoints/
     weights: Path = Path("weights")  # locally supplied pretrained weights (full profile)
     cache: Path = Path("~/.cache/talk").expanduser()  # converted checkpoints, built once per user
 
@@ -334,6 +335,7 @@ register("cache_latents", "talk.stages.cache_latents")
 register("pretrain_prior", "talk.stages.pretrain_prior")
 register("train_diffusion", "talk.stages.train_diffusion")
 register("finetune_disc", "talk.stages.finetune_disc")
+register("train_sync", "talk.stages.train_sync")
 register("evaluate", "talk.stages.evaluate")
 register("render", "talk.stages.render")
 register("serve", "talk.web.config")  # `talk serve`, the local web page (not a DVC stage)

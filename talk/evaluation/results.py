@@ -58,6 +58,10 @@ METRICS: dict[str, tuple[str, str, str]] = {
                 "trip; motion and expression count too (see the real row); the floor is the round trip's own error"),
     "colour_shift": ("face colour shift ΔE", "down", "CIE76 ΔE of the face's mean L*a*b* colour vs the reference's VAE "
                      "round trip's (a colour cast, darkening; motion does not count)"),
+    "sync_c_talk": ("Sync-C (talk expert)", "up", "train_sync's expert, SyncNet's protocol: median minus minimum of the distance-vs-offset curve; not SyncNet's numbers"),
+    "sync_d_talk": ("Sync-D (talk expert)", "down", "train_sync's expert: mean window distance at the best offset"),
+    "sync_d0_talk": ("Sync-D at offset 0 (talk expert)", "down", "train_sync's expert: mean window distance at offset 0"),
+    "sync_offset_talk": ("sync offset (talk expert, frames)", "zero", "offset of the minimum of the mean distance curve; positive = mouth lags sound"),
     "sync_c": ("Sync-C (SyncNet)", "up", "SyncNet confidence (syncnet_python protocol)"),
     "sync_d": ("Sync-D (SyncNet)", "down", "SyncNet distance at the best offset"),
     "fid_inception": ("FID (Inception)", "down", "Inception pool3 Fréchet distance (user-supplied TorchScript)"),
@@ -151,7 +155,7 @@ def findings(rows: dict) -> list[str]:
     """Flag a model row that does not beat the floor on lip sync or emotion accuracy."""
     model, floor, real = rows["model"], rows["floor"], rows["real"]
     out = []
-    for key in ("sync_corr", "sync_c", "emo_acc_clf", "emo_acc_fer"):
+    for key in ("sync_corr", "sync_c", "sync_c_talk", "emo_acc_clf", "emo_acc_fer"):
         if key not in model:
             continue
         a, b = model[key], floor[key]
@@ -265,7 +269,8 @@ def notes(cfg: Config, df: pd.DataFrame, scored: Scored, rows: dict) -> dict:
             "closed_in_pause / mouth_pause_ratio": f"pauses: >= {cfg.pause_min_frames} frames {cfg.pause_db:g} dB below the "
             f"clip's 95th-percentile loudness, less {cfg.pause_trim} at each end",
         },
-        "skipped": skipped_notes(cfg, scored.vae is not None) + (
+        "skipped": skipped_notes(cfg, scored.vae is not None) + ([] if "sync_expert" in scored.extras else [
+            "Sync-C / Sync-D (talk expert) skipped: no lip-sync expert in paths.sync (run `talk train-sync`)"]) + (
             [f"mouth closed in pauses: no pause (>= {cfg.pause_min_frames} frames {cfg.pause_db:g} dB below speech) in the "
              f"scored frames of the real clips (max_frames: {cfg.max_frames}; speech pauses often come at a clip's end): "
              "score whole clips (max_frames: 0) or set evaluate.long_render"] if rows["real"]["pause_frames"] == 0 else []),

@@ -197,15 +197,18 @@ class Scored:
 
 
 def score_clips(cfg: Config, crops: Path, df: pd.DataFrame, chosen: pd.DataFrame, render_fn: RenderFn,
-                weights: Path, vae: Path | None = None) -> Scored:
+                weights: Path, vae: Path | None = None, sync_expert=None) -> Scored:
     """Train the judge on the real ``judge_split`` clips, then render each ``chosen`` clip with
     ``render_fn`` (the model row) and the floor, and score them and the real clip; ``vae``: the
     VAE artefact whose round trip of each reference the appearance metrics compare with (None or
-    absent: those metrics are skipped). With ``cfg.long_render``, also the long render."""
+    absent: those metrics are skipped). With ``cfg.long_render``, also the long render.
+    ``sync_expert``: a ``metrics.syncnet.SyncExpertMetric`` (Sync-C / Sync-D, talk expert) or None."""
     analyser = FaceAnalyzer(upsample=cfg.detect_upsample)
     round_trip = RoundTrip(vae) if vae is not None and RoundTrip.available(vae) else None
     clf, judge_info = train_judge(cfg, crops, df, analyser)
     scorer = Scorer(cfg, clf, weights)
+    if sync_expert is not None:
+        scorer.extras["sync_expert"] = sync_expert
     renderers: dict[str, RenderFn] = {"model": render_fn, "floor": repeat_reference}
 
     clips: list[ClipInfo] = []  # frames are not kept: a full-profile test split would not fit in memory

@@ -61,6 +61,7 @@ class ObjectiveConfig:
     def weighted(self) -> bool:
         """The loss is face / lip weighted (the data then carries landmarks)."""
         return self.w_face != 1.0 or self.w_lip != 1.0
+    sync_weight: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # weight of the lip-sync expert's loss on decoded x̂0 (paths.sync, talk/training/sync.py SyncLoss; 0: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,7 @@ class Objective:
     schedule: Any  # models.diffusion.NoiseSchedule on the training device
     embeddings: ClipEmbeddings
     style: bool  # the model has style tokens
+    sync: Any = None  # talk.training.sync.SyncLoss when cfg.sync_weight > 0
 
     def conditions(self, batch: dict, g, device, drop: bool = True) -> dict:
         import torch
@@ -179,7 +181,12 @@ class Objective:
             weights = face_lip_weights(batch["landmarks"], x0.shape[-2], x0.shape[-1], self.cfg.w_face, self.cfg.w_lip)
         out = training_loss(model, self.schedule, x0, noise, t, cond, self.cfg.min_snr_gamma, pixel_weight=weights)
         loss = out.loss + self.cfg.vq_weight * out.vq_loss
-        return StepResult(loss, {"loss": out.loss.detach(), "vq_loss": out.vq_loss.detach()})  # read back by the trainer
+        logs = {"loss": out.loss.detach(), "vq_loss": out.vq_loss.detach()}  # read back by the trainer
+        if self.sync is not None and self.cfg.sync_weight > 0:
+            sync_loss = self.sync(out.x0_pred, batch["audio"], cond["keep"]["audio"])
+            loss = loss + self.cfg.sync_weight * sync_loss
+            logs["sync_loss"] = sync_loss.detach()
+        return StepResult(loss, logs)
 
 
 def t_bins(num_timesteps: int, bins: int = T_BINS) -> list[tuple[int, int]]:
@@ -447,9 +454,11 @@ def train(
     export: bool = True,
     on_export=None,
     val_split: str = "val",
+    sync_path: Path | None = None,
 ) -> dict:
     """Train (resuming when a checkpoint of this configuration exists); export the EMA weights,
-    the objective and the render settings to ``out``; checkpoints, dvclive and metrics in ``work``."""
+    the objective and the render settings to ``out``; checkpoints, dvclive and metrics in ``work``.
+    ``sync_path``: train_sync's expert, used when ``objective.sync_weight`` > 0."""
     from talk.models.denoiser import make_schedule
 
     backbone = pretrained_backbone(spec)
@@ -460,7 +469,8 @@ def train(
     loop = cfg.loop
     trainer = Trainer(loop, model, work / "checkpoints", run_config, seed, device, name="diffusion", stage="train-diffusion")
     schedule = make_schedule(model.spec).to(trainer.device)
-    objective = Objective(cfg.objective, schedule, embeddings, style=model.cond.style is not None)
+    objective = Objective(cfg.objective, schedule, embeddings, style=model.cond.style is not None,
+                          sync=sync_loss(cfg.objective, spec, sync_path, decoder_path, trainer.device))
     live = LiveLog(work / "live", resume=trainer.resumed_from is not None, enabled=trainer.is_main and export)
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -507,6 +517,19 @@ def train(
     return {"trainer": trainer, "metrics": metrics}
 
 
+def sync_loss(objective: ObjectiveConfig, spec: DenoiserSpec, sync_path: Path | None, vae_path: Path | None, device):
+    """The lip-sync expert loss (talk/training/sync.py) when ``sync_weight`` > 0, else None."""
+    if objective.sync_weight <= 0:
+        return None
+    from talk.artifacts.sync import exists
+    from talk.training.sync import SyncLoss
+
+    if sync_path is None or not exists(sync_path) or vae_path is None:
+        raise TalkError(f"train_diffusion.objective.sync_weight > 0 needs the lip-sync expert (no {sync_path}/config.json: "
+                        "run `talk train-sync`) and the VAE to decode with")
+    return SyncLoss(Path(sync_path), Path(vae_path), spec.target_frames, spec.audio_window, device)
+
+
 def run_stage(params, cfg: TrainDiffusionConfig, write_settings) -> dict:
     """The stage on the pipeline's folders (``params.paths``): prior, latent windows, train, export."""
     from talk.artifacts.prior import load_prior
@@ -519,7 +542,7 @@ def run_stage(params, cfg: TrainDiffusionConfig, write_settings) -> dict:
     spec = make_spec(params.model, shapes_of(train_set[0]), bank.cfg, embeddings.style_dim, cfg.objective)
     return train(cfg, spec, bank, embeddings, train_set, val_set, lambda d: make_sampler(d, seed), seed,
                  paths.diffusion, paths.diffusion_train, params.base.device, decoder_path=Path(paths.vae),
-                 on_export=write_settings, val_split=val_split)
+                 on_export=write_settings, val_split=val_split, sync_path=Path(paths.sync))
 
 
 def summary(metrics: dict):

@@ -13,6 +13,7 @@ float32 audio. Feature spaces are named in the metric names (``fid_dlib128``): t
 - ``identity``: dlib-128 descriptor distance to the reference and its drift over a clip.
 - ``appearance``: face sharpness (Laplacian variance) and CIELAB ΔE / colour shift over the face
   region, against a reference image (evaluate: the reference crop's VAE round trip).
+- ``syncnet``: Sync-C / Sync-D analogues with train_sync's own lip-sync expert (talk expert).
 - ``external``: paper-style metrics from user-supplied weights: SyncNet Sync-C / Sync-D,
   Inception FID, ArcFace CSIM.
 """
