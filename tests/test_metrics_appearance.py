@@ -173,7 +173,7 @@ def test_round_trip_is_memoised_and_keeps_the_shape(tmp_path):
     from talk.models.vae import VaeConfig, build_vae
 
     torch.manual_seed(0)
-    save_vae(build_vae(VaeConfig(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4), 32), tmp_path / "vae")
+    save_vae(build_vae(VaeConfig(kind="kl", block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4), 32), tmp_path / "vae")
     assert RoundTrip.available(tmp_path / "vae") and not RoundTrip.available(tmp_path / "none")
     rt = RoundTrip(tmp_path / "vae")
     img = cv2.resize(face_image("a"), (32, 32), interpolation=cv2.INTER_AREA)
@@ -182,3 +182,5 @@ def test_round_trip_is_memoised_and_keeps_the_shape(tmp_path):
     assert rt(img.copy()) is out  # the same reference is encoded once
     odd = cv2.resize(img, (30, 30))
     assert rt(odd).shape == odd.shape
+    save_vae(build_vae(VaeConfig(patch_size=8, width=16, latent_channels=8, norm_num_groups=4), 32), tmp_path / "patch")
+    assert RoundTrip(tmp_path / "patch")(odd).shape == odd.shape  # padded to whole 8 px blocks, cropped back

@@ -160,7 +160,10 @@ def test_missing_artefacts_are_a_message_and_retried(arts, tmp_path):
 def test_sample_identities_come_from_the_sources_manifest(service):
     ids = service.identities()
     assert ids and all(p.is_file() for p in ids.values())
-    assert {label.split()[0] for label in ids} == set(service.params.sample_data.identities)
+    from talk.synthesis.sources import read_sources
+
+    portraits = {src.speaker for src in read_sources(service.params.paths.sources) if src.kind == "portrait"}
+    assert {label.split()[0] for label in ids} == (set(service.params.sample_data.identities) or portraits)
 
 
 def test_cli_dry_run_and_overrides(runner, arts, tmp_path):
@@ -352,13 +355,14 @@ def test_page_renders_the_video_with_its_audio(server, browser, tmp_path):
 def test_page_shows_no_face_as_one_message_and_keeps_serving(server, browser, inputs, tmp_path):
     page = open_page(browser, server)
     upload(page, "portrait", inputs / "no_face.png")
-    assert wait_status(page, "error:") == "error: no face found in the image"
+    first = wait_status(page, "error:")
+    assert first.startswith("error: ") and "no face found in the image" in first and "\n" not in first
     upload(page, "speech", SPEECH)
     page.wait_for_timeout(500)
     watch_status(page)
     page.click("#render")
     wait_seen(page, "rendering", "error:")  # the render's own answer, not the preview's
-    assert status(page) == "error: no face found in the image"
+    assert status(page).startswith("error: no_face.png: no face found in the image")
     assert page.locator("#video video").count() == 0
     page.screenshot(path=str(tmp_path / "no_face.png"), full_page=True)
     upload(page, "portrait", FACE)  # the same page and server go on

@@ -31,15 +31,17 @@ class RoundTrip:
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> its round trip (H, W, 3) uint8."""
-        from talk.artifacts.vae import decode_latents, encode_frames
+        from talk.artifacts.vae import decode_latents, encode_frames, vae_factor
         from talk.evaluation.metrics import few_threads
 
         frame = np.ascontiguousarray(frame, np.uint8)
         key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest() + bytes(str(frame.shape), "ascii")
         if key not in self._memo:
+            f, (h, w) = vae_factor(self.vae), frame.shape[:2]
+            padded = np.pad(frame, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")  # a PatchAutoencoder needs whole blocks
             with few_threads():
-                mean, _ = encode_frames(self.vae, frame[None])
-                out = decode_latents(self.vae, mean * self.scaling, scaling_factor=self.scaling)[0]
+                mean, _ = encode_frames(self.vae, padded[None])
+                out = decode_latents(self.vae, mean * self.scaling, scaling_factor=self.scaling)[0][:h, :w]
             if out.shape != frame.shape:  # a crop side the VAE's downsampling does not divide
                 import cv2
 
