@@ -26,7 +26,7 @@ class VaeConfig:
     """
 
     source: str = OWN  # "own" (trained by fit_vae) or a local diffusers AutoencoderKL folder (full profile: SD's VAE)
-    kind: str = "patch"  # own: patch (block-PCA autoencoder, models/patch_vae.py) | kl (diffusers AutoencoderKL)
+    kind: str = "kl"  # own: patch (block-PCA autoencoder, models/patch_vae.py) | kl (diffusers AutoencoderKL)
     patch_size: int = dataclasses.field(default=8, metadata={"range": (1, None)})  # own patch: image px per latent px
     width: int = dataclasses.field(default=128, metadata={"range": (1, None)})  # own patch: channels of the residual nets at latent resolution
     encoder_blocks: int = dataclasses.field(default=1, metadata={"range": (0, None)})  # own patch: residual blocks of the encoder
@@ -34,7 +34,7 @@ class VaeConfig:
     refine_width: int = dataclasses.field(default=32, metadata={"range": (1, None)})  # own patch: channels of the full-resolution refinement
     block_out_channels: tuple[int, ...] = dataclasses.field(default=(16, 32, 64, 64), metadata={"range": (1, None)})  # own: widths per level, full resolution first; downsampling 2^(levels-1)
     layers_per_block: int = dataclasses.field(default=1, metadata={"range": (1, None)})  # own: resnets per encoder level (the decoder has one more)
-    latent_channels: int = dataclasses.field(default=48, metadata={"range": (1, None)})  # own: C, channels of the latent
+    latent_channels: int = dataclasses.field(default=4, metadata={"range": (1, None)})  # own: C, channels of the latent
     norm_num_groups: int = dataclasses.field(default=8, metadata={"range": (1, None)})  # own: GroupNorm groups; divides every width
     mid_attention: bool = False  # own: self-attention in the bottleneck (slow on CPU at 32x32, little gain here)
 

@@ -37,6 +37,7 @@ def overrides(root: Path, **extra: object) -> list[str]:
     sets = {
         "base.threads": 1,
         "model.image_size": SIZE,
+        "model.vae.kind": "patch",
         "model.vae.patch_size": 2,  # the shipped PatchAutoencoder, at 32 px -> a 16x16 latent
         "model.vae.width": 16,
         "model.vae.latent_channels": 4,

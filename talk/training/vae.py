@@ -46,13 +46,13 @@ class FitVaeConfig:
     l1: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the L1 reconstruction loss
     l2: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # weight of the L2 reconstruction loss
     gradient: float = dataclasses.field(default=0.5, metadata=rng(0.0))  # weight of the finite-difference (edge) L1 loss
-    spectrum: float = dataclasses.field(default=1.0, metadata=rng(0.0))  # weight of the log-amplitude spectrum L1 loss (fine detail)
-    colour: float = dataclasses.field(default=1.0, metadata=rng(0.0, 1.0))  # fraction of training patches given a random hue / saturation / contrast
+    spectrum: float = dataclasses.field(default=0.0, metadata=rng(0.0))  # weight of the log-amplitude spectrum L1 loss (fine detail)
+    colour: float = dataclasses.field(default=0.0, metadata=rng(0.0, 1.0))  # fraction of training patches given a random hue / saturation / contrast
     pca_patches: int = dataclasses.field(default=2048, metadata=rng(1))  # (patch kind) training patches whose block statistics set the PCA path
     kl: float = dataclasses.field(default=1e-6, metadata=rng(0.0))  # weight of the per-element KL to N(0, I)
     flip: bool = True  # random horizontal flips of training patches
     eval_batch: int = dataclasses.field(default=32, metadata=rng(1))  # frames per encode / decode batch when measuring
-    loop: LoopConfig = loop_field(steps=150, batch_size=8, lr=2e-4, weight_decay=0.0, warmup_steps=20,
+    loop: LoopConfig = loop_field(steps=800, batch_size=8, lr=2e-3, weight_decay=0.0, warmup_steps=20,
                                   lr_schedule="cosine", grad_clip=0.0, ema_decay=0.0, checkpoint_every=200,
                                   keep_checkpoints=2, log_every=25, workers=0)  # optimisation of the own VAE (a pretrained source is not trained)
 
