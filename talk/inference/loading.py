@@ -86,13 +86,6 @@ def load_models(vae: Path, prior: Path, denoiser: Path, device, stage: str = "fi
             "schedule": make_schedule(net.spec).to(device)}
 
 
-def vae_factor(vae) -> int:
-    """Image px per latent px of the VAE."""
-    from talk.artifacts.vae import vae_factor as factor
-
-    return factor(vae)
-
-
 def check_shapes(spec, vae, prior, whisper) -> None:
     """One-line errors for artefacts from different trainings."""
     dims = whisper.dims
@@ -112,6 +105,8 @@ def check_shapes(spec, vae, prior, whisper) -> None:
 
 def check_image_size(spec, vae, trained: Trained, denoiser: Path) -> None:
     """The crops the denoiser was trained on have the size the VAE and denoiser make."""
+    from talk.artifacts.vae import vae_factor
+
     made = spec.latent_size * vae_factor(vae)
     if made != trained.image_size:
         raise TalkError(f"{Path(denoiser) / inference_settings.FILE}: trained on {trained.image_size} px crops, but "

@@ -146,7 +146,9 @@ class TalkPipeline:
 
     @property
     def image_size(self) -> int:
-        return self.spec.latent_size * loading.vae_factor(self.vae)
+        from talk.artifacts.vae import vae_factor
+
+        return self.spec.latent_size * vae_factor(self.vae)
 
     @property
     def has_style(self) -> bool:
